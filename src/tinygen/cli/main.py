@@ -1,0 +1,66 @@
+"""The `tinygen` command: `tinygen train gpt`, `tinygen sample diffusion`, ...
+
+Commands live in one module per model family; each exposes `register(commands)` and adds
+its subcommands to the verbs it needs. A handler returns an exit code (or None for 0).
+User errors (`TinygenError`) print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from tinygen.errors import TinygenError
+
+COMMAND_MODULES = ("gpt", "seq2seq", "finetune", "shapes", "clip", "diffusion")
+VERBS = {
+    "train": "train a model from scratch",
+    "sample": "generate from a trained model",
+    "eval": "measure a trained model",
+}
+
+
+@dataclass
+class Commands:
+    """Where command modules attach: `root` for new top-level commands (translate,
+    finetune, clip, memory, img2img), and the subparsers of each shared verb."""
+
+    root: argparse._SubParsersAction
+    train: argparse._SubParsersAction
+    sample: argparse._SubParsersAction
+    eval: argparse._SubParsersAction
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinygen", description="The generative-AI stack, from scratch, on your laptop."
+    )
+    root = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    verbs = {}
+    for verb, help_text in VERBS.items():
+        sub = root.add_parser(verb, help=help_text, description=help_text)
+        verbs[verb] = sub.add_subparsers(dest="target", metavar="MODEL", required=True)
+    commands = Commands(root=root, **verbs)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"tinygen.cli.{name}").register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except TinygenError as e:
+        print(f"tinygen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinygen: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""CLI commands of the shapes family (filled in by its issue)."""
+
+from __future__ import annotations
+
+
+def register(commands) -> None:
+    """Add this family's subcommands to `commands` (see tinygen.cli.main.Commands)."""

@@ -1,0 +1,28 @@
+"""Model types a run directory can name in its config.json, so that loading a run needs
+no code from the run: `model_type` -> (module, model class, config class)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from tinygen.errors import TinygenError
+
+MODEL_TYPES: dict[str, tuple[str, str, str]] = {
+    "gpt": ("tinygen.models.gpt", "GPT", "GPTConfig"),
+}
+
+
+def build_model(model_type: str, model_config: dict[str, Any]) -> Any:
+    """Instantiate the model named by `model_type` from its saved config dict."""
+    if model_type not in MODEL_TYPES:
+        raise TinygenError(
+            f"unknown model_type {model_type!r} in config.json; known: {sorted(MODEL_TYPES)}"
+        )
+    module_name, model_cls, config_cls = MODEL_TYPES[model_type]
+    module = importlib.import_module(module_name)
+    config_type = getattr(module, config_cls)
+    known = {f.name for f in dataclasses.fields(config_type)}
+    config = config_type(**{k: v for k, v in model_config.items() if k in known})
+    return getattr(module, model_cls)(config)
