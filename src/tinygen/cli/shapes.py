@@ -1,7 +1,140 @@
-"""CLI commands of the shapes family (filled in by its issue)."""
+"""The shapes world on the command line.
+
+`tinygen train evaluator`  train the shapes evaluator and install it where
+                           tinygen.eval.prompt_fidelity finds it (~/.cache/tinygen/evaluator)
+`tinygen eval evaluator`   its per-attribute accuracy on clean and noisy test images
+`tinygen sample shapes`    a grid of generated shapes images, to look at the world
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args
+from tinygen.errors import TinygenError
+from tinygen.models.evaluator import EvaluatorConfig
+from tinygen.train.config import TrainConfig
+
+EVALUATOR_TRAIN = TrainConfig(
+    max_iters=1500, batch_size=128, learning_rate=2e-3, min_lr=1e-4, warmup_iters=100,
+    weight_decay=0.05, eval_interval=250, eval_iters=8, log_interval=25,
+)
+
 
 def register(commands) -> None:
-    """Add this family's subcommands to `commands` (see tinygen.cli.main.Commands)."""
+    train = commands.train.add_parser(
+        "evaluator", help="train the shapes evaluator (judges generated shapes images)",
+        description="Train the CNN that reads shape, colour, size and position from shapes "
+                    "images, then install it for tinygen.eval.prompt_fidelity.",
+    )
+    train.add_argument("--out", type=Path, default=Path("runs/evaluator"),
+                       help="run directory (default runs/evaluator)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--install", action=argparse.BooleanOptionalAction, default=True,
+                       help="copy the trained evaluator to ~/.cache/tinygen/evaluator "
+                            "(default yes)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dataclass_flags(train, EvaluatorConfig, title="model")
+    add_dataclass_flags(train, TrainConfig, title="training")
+    train.set_defaults(func=train_evaluator)
+
+    evaluate = commands.eval.add_parser(
+        "evaluator", help="per-attribute accuracy of a shapes evaluator, clean and noisy",
+        description="Accuracy of the shapes evaluator on test images, under Gaussian noise.",
+    )
+    evaluate.add_argument("--run", type=Path, default=None,
+                          help="evaluator run directory (default: the installed one)")
+    evaluate.add_argument("--n", type=int, default=2000, help="test images (default 2000)")
+    evaluate.add_argument("--noise", default="0,0.05,0.1,0.2",
+                          help="comma-separated noise std in [-1, 1] units")
+    evaluate.add_argument("--split", default="test", choices=("test", "heldout"))
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.set_defaults(func=eval_evaluator)
+
+    sample = commands.sample.add_parser(
+        "shapes", help="save a grid of shapes-world images",
+        description="Generate shapes images and save them as one PNG grid; prints prompts.",
+    )
+    sample.add_argument("--n", type=int, default=16, help="images (default 16)")
+    sample.add_argument("--out", type=Path, default=Path("shapes.png"), help="PNG path")
+    sample.add_argument("--split", default="test",
+                        choices=("train", "val", "test", "heldout", "evaluator"))
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--image-size", type=int, default=32)
+    sample.add_argument("--two-objects", action="store_true", help="scenes with a relation")
+    sample.add_argument("--scale", type=int, default=4, help="pixel magnification (default 4)")
+    sample.set_defaults(func=sample_shapes)
+
+
+def train_evaluator(args: argparse.Namespace) -> int:
+    import torch
+
+    from tinygen.eval.fidelity import install_evaluator
+    from tinygen.models.evaluator import EvaluatorTask
+    from tinygen.train.trainer import Trainer
+
+    model_config = dataclass_from_args(EvaluatorConfig, args)
+    train_config = dataclass_from_args(TrainConfig, args, EVALUATOR_TRAIN)
+    if args.max_iters is not None and args.lr_decay_iters is None:
+        train_config = dataclasses.replace(train_config, lr_decay_iters=args.max_iters)
+    torch.manual_seed(train_config.seed)
+    task = EvaluatorTask(model_config)
+    run_config = {
+        "model_type": "shapes-evaluator",
+        "model": dataclasses.asdict(model_config),
+        "data": {"world": "shapes", "split": "evaluator", "augment": "noise+blur"},
+    }
+    trainer = Trainer(task, train_config, args.out, run_config=run_config,
+                      resume=args.resume, progress=not args.no_progress)
+    result = trainer.fit()
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; continue with the same command plus "
+              "--resume", file=sys.stderr)
+        return 130
+    if not trainer.dist.is_main:
+        return 0
+    final = next((row for row in reversed(result.history) if "acc_shape" in row), {})
+    accuracy = ", ".join(f"{k[4:]} {v:.4f}" for k, v in final.items() if k.startswith("acc_"))
+    print(f"done: step {result.step}; clean test accuracy {accuracy} -> {args.out}",
+          file=sys.stderr)
+    if args.install:
+        dest = install_evaluator(args.out)
+        print(f"installed to {dest} (tinygen.eval.prompt_fidelity loads it from there)",
+              file=sys.stderr)
+    return 0
+
+
+def eval_evaluator(args: argparse.Namespace) -> int:
+    from tinygen.eval.fidelity import load_evaluator
+    from tinygen.models.evaluator import accuracy_under_noise
+
+    try:
+        sigmas = tuple(float(s) for s in args.noise.split(",") if s.strip())
+    except ValueError as e:
+        raise TinygenError(f"--noise must be comma-separated numbers, got {args.noise!r}") from e
+    if args.n <= 0:
+        raise TinygenError("--n must be positive")
+    model = load_evaluator(args.run)
+    table = accuracy_under_noise(model, n=args.n, sigmas=sigmas, split=args.split,
+                                 seed=args.seed)
+    for sigma, accuracy in table.items():
+        print(json.dumps({"split": args.split, "n": args.n, "noise_std": sigma,
+                          **{k: round(v, 4) for k, v in accuracy.items()}}))
+    return 0
+
+
+def sample_shapes(args: argparse.Namespace) -> int:
+    from tinygen.data.image_folder import save_image_grid
+    from tinygen.data.shapes import generate_shapes
+
+    batch = generate_shapes(args.n, split=args.split, seed=args.seed,
+                            image_size=args.image_size, two_objects=args.two_objects)
+    path = save_image_grid(batch.images, args.out, scale=args.scale)
+    for i, prompt in enumerate(batch.prompts):
+        print(f"{i:3d}  {prompt}")
+    print(f"saved {args.n} images to {path}", file=sys.stderr)
+    return 0

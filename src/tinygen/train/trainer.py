@@ -135,7 +135,8 @@ class Trainer:
         ckpt.write_json(self.run_dir / ckpt.CONFIG_FILE, self._full_config())
 
     def _full_config(self) -> dict:
-        return {**self.run_config, "train": asdict(self.config)}
+        return {**self.run_config, "train": asdict(self.config),
+                "world_size": self.dist.world_size}
 
     def _load_state(self) -> None:
         state = ckpt.load_state(self.run_dir / ckpt.STATE_FILE)

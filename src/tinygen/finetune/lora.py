@@ -1,0 +1,392 @@
+"""LoRA: low-rank adaptation of frozen linear layers (Hu et al. 2021), PEFT-compatible.
+
+A wrapped layer computes h = W0 x + (alpha / r) * B A dropout(x) (paper eq. 3) with W0
+frozen, A (r, in) Kaiming-uniform and B (out, r) zero, so training starts from the
+unchanged model. rsLoRA (Kalajdzievski 2023) scales by alpha / sqrt(r) instead.
+
+Adapters are saved in Hugging Face PEFT's on-disk format -- `adapter_config.json` and
+`adapter_model.safetensors` with keys `base_model.model.<module path>.lora_A.weight` -- so
+an adapter trained here loads with `peft.PeftModel.from_pretrained` on the equivalent
+Hugging Face model, and a PEFT adapter loads here with `load_adapter`. A QLoRA adapter
+records how its base was quantised (the `tinygen` field), and `load_adapter` quantises the
+base the same way before attaching it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tinygen.errors import TinygenError
+from tinygen.finetune.nf4 import Linear4bit, quantize_model
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer (`nn.Linear` or NF4 `Linear4bit`) plus a trainable low-rank
+    update. `merge()` folds the update into the base weight for inference at no extra
+    cost; `unmerge()` takes it out again."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        r: int = 8,
+        alpha: float = 8.0,
+        dropout: float = 0.0,
+        *,
+        use_rslora: bool = False,
+    ) -> None:
+        super().__init__()
+        if r <= 0:
+            raise TinygenError(f"LoRA rank r must be a positive integer, got {r}")
+        if not 0.0 <= dropout < 1.0:
+            raise TinygenError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
+        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        device = next(iter([*base_layer.parameters(), *base_layer.buffers()])).device
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device)
+        self.merged = False
+        self._quantized_base: Linear4bit | None = None  # kept while merged into a float copy
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """A ~ Kaiming-uniform(a=sqrt(5)) as nn.Linear's default, B = 0 (paper sec. 4.1)."""
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self) -> Tensor:
+        """The update the adapter adds to W0: scaling * B @ A, (out, in)."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    def forward(self, x: Tensor) -> Tensor:
+        result = self.base_layer(x)
+        if self.merged:
+            return result
+        lora = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))
+        return result + (lora * self.scaling).to(result.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- W + scaling * B A. A 4-bit base is replaced by a float copy of its
+        dequantised weight (re-quantising would lose the update); `unmerge` restores it."""
+        if self.merged:
+            return
+        delta = self.delta_weight()
+        if isinstance(self.base_layer, Linear4bit):
+            self._quantized_base = self.base_layer
+            self.base_layer = self.base_layer.to_linear()
+        merged = self.base_layer.weight + delta.to(self.base_layer.weight.dtype)
+        if not torch.isfinite(merged).all():
+            if self._quantized_base is not None:
+                self.base_layer, self._quantized_base = self._quantized_base, None
+            raise TinygenError(
+                "merging the LoRA adapter would put NaN/Inf into the base weights; the "
+                "adapter is broken (lower the learning rate and retrain it)"
+            )
+        self.base_layer.weight.copy_(merged)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo `merge` (W <- W - scaling * B A, or back to the 4-bit base)."""
+        if not self.merged:
+            return
+        if self._quantized_base is not None:
+            self.base_layer, self._quantized_base = self._quantized_base, None
+        else:
+            delta = self.delta_weight().to(self.base_layer.weight.dtype)
+            self.base_layer.weight.sub_(delta)
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+@dataclass
+class LoRAReport:
+    """What `apply_lora` did: the wrapped module names and the parameter counts."""
+
+    wrapped: list[str]
+    trainable: int
+    total: int
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable / self.total
+
+    def __str__(self) -> str:
+        return (f"LoRA on {len(self.wrapped)} layers: trainable params {self.trainable:,} of "
+                f"{self.total:,} ({100 * self.trainable_share:.3f}%)")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; shared (tied) tensors count once and an NF4 weight
+    counts as the number of weights it stores."""
+    params = list(model.parameters())  # deduplicated by nn.Module
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    quantized = sum(m.quantized_numel for m in model.modules() if isinstance(m, Linear4bit))
+    return trainable, sum(p.numel() for p in params) + quantized
+
+
+def matches_target(name: str, targets: str | list[str] | tuple[str, ...]) -> bool:
+    """PEFT's `target_modules` rule: a string is a regex that must match the whole module
+    name; a list matches a name equal to an entry or ending with `.entry`."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, Linear4bit))
+
+
+def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]:
+    """Names of the linear layers `target_modules` selects ("all-linear": every linear
+    layer except the output head, as PEFT does)."""
+    from tinygen.finetune.nf4 import _tied_linear_names
+
+    if target_modules == "all-linear":
+        excluded = _tied_linear_names(model)
+        return [n for n, m in model.named_modules() if _is_linear(m)
+                and n not in excluded and n.rpartition(".")[2] not in ("lm_head", "output")]
+    if not target_modules:
+        raise TinygenError("no LoRA target modules given; pass e.g. --targets qkv_proj,out_proj")
+    names = [n for n, m in model.named_modules() if matches_target(n, target_modules)]
+    if isinstance(target_modules, (list, tuple)):
+        missing = [t for t in target_modules if not any(matches_target(n, [t]) for n in names)]
+        if missing:
+            linear = sorted({n.rpartition(".")[2] for n, m in model.named_modules()
+                             if _is_linear(m)})
+            raise TinygenError(f"LoRA target modules {missing} match no layer of the model; "
+                               f"its linear layers are named {linear}")
+    if not names:
+        raise TinygenError(f"LoRA target pattern {target_modules!r} matches no module")
+    not_linear = [n for n in names if not _is_linear(model.get_submodule(n))]
+    if not_linear:
+        raise TinygenError(f"LoRA can only wrap linear layers, but {not_linear[:3]} are not; "
+                           "choose other --targets")
+    return names
+
+
+def apply_lora(
+    model: nn.Module,
+    target_modules: str | list[str],
+    r: int = 8,
+    alpha: float = 8.0,
+    dropout: float = 0.0,
+    *,
+    use_rslora: bool = False,
+    seed: int | None = None,
+) -> LoRAReport:
+    """Wrap the selected linear layers of `model` in `LoRALinear` (in place), freeze every
+    other parameter, and report trainable/total parameters. `seed` fixes the A init."""
+    if r <= 0:
+        raise TinygenError(f"LoRA rank r must be a positive integer, got {r}")
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise TinygenError("the model already has LoRA layers; apply_lora once per model")
+    names = find_targets(model, target_modules)
+    model.requires_grad_(False)
+    fork = torch.random.fork_rng() if seed is not None else _nullcontext()
+    with fork:
+        if seed is not None:
+            torch.manual_seed(seed)
+        for name in names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout,
+                                              use_rslora=use_rslora))
+    model.lora_settings = {  # what save_adapter writes into adapter_config.json
+        "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": use_rslora,
+        "target_modules": target_modules if isinstance(target_modules, str)
+        else list(target_modules),
+    }
+    trainable, total = count_parameters(model)
+    return LoRAReport(names, trainable, total)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def merge_lora(model: nn.Module, *, unload: bool = False) -> nn.Module:
+    """Fold every adapter into its base weight (the merged model runs at the base model's
+    speed). With `unload`, the wrappers are replaced by their merged base layers."""
+    layers = lora_layers(model)
+    if not layers:
+        raise TinygenError("the model has no LoRA layers to merge; load an adapter first")
+    for name, layer in layers.items():
+        layer.merge()
+        if unload:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, layer.base_layer)
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+    return model
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The adapter tensors under PEFT's key names."""
+    out = {}
+    for name, layer in lora_layers(model).items():
+        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous().cpu()
+        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous().cpu()
+    return out
+
+
+def save_adapter(
+    model: nn.Module, out_dir: str | Path, *, base_model_name_or_path: str | None = None
+) -> Path:
+    """Write `adapter_config.json` + `adapter_model.safetensors` (PEFT's format) to out_dir."""
+    from safetensors.torch import save_file
+
+    from tinygen.train.checkpoint import atomic_write, write_json
+
+    layers = lora_layers(model)
+    settings = getattr(model, "lora_settings", None)
+    if not layers or settings is None:
+        raise TinygenError("the model has no LoRA adapter to save; call apply_lora first")
+    if any(layer.merged for layer in layers.values()):
+        raise TinygenError("the adapter is merged into the weights; unmerge_lora before saving")
+    config = {
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
+        "r": settings["r"], "lora_alpha": settings["lora_alpha"],
+        "lora_dropout": settings["lora_dropout"], "use_rslora": settings["use_rslora"],
+        "target_modules": settings["target_modules"], "bias": "none", "fan_in_fan_out": False,
+        "use_dora": False, "init_lora_weights": True, "inference_mode": True,
+        "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None,
+        "rank_pattern": {}, "alpha_pattern": {},
+    }
+    quantized = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    if quantized:  # QLoRA: the adapter was trained on an NF4 base; rebuild it that way
+        config["tinygen"] = {"base_quantization": {
+            "type": "nf4", "blocksize": quantized[0].blocksize,
+            "double_quant": quantized[0].double_quant,
+            "quantized_modules": [n.removesuffix(".base_layer") for n, m in
+                                  model.named_modules() if isinstance(m, Linear4bit)],
+        }}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = adapter_state_dict(model)
+    atomic_write(out_dir / ADAPTER_WEIGHTS_FILE,
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_json(out_dir / ADAPTER_CONFIG_FILE, config)
+    return out_dir
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict:
+    path = Path(adapter_dir) / ADAPTER_CONFIG_FILE
+    if not path.is_file():
+        raise TinygenError(f"{path} does not exist; pass the directory of a saved LoRA adapter")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TinygenError(f"{path} is not valid JSON ({e}); the adapter is corrupt") from e
+    if config.get("peft_type", "LORA") != "LORA":
+        raise TinygenError(f"{path} is a {config['peft_type']} adapter; only LoRA is supported")
+    unsupported = [k for k in ("use_dora", "fan_in_fan_out") if config.get(k)]
+    unsupported += [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform",
+                                "modules_to_save") if config.get(k)]
+    if unsupported or config.get("bias", "none") != "none":
+        raise TinygenError(f"{path} uses PEFT options tinygen does not support "
+                           f"({unsupported or ['bias']}); retrain with plain LoRA")
+    return config
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path, *, trainable: bool = False) -> LoRAReport:
+    """Attach the adapter saved in `adapter_dir` (by tinygen or PEFT) to the base `model`,
+    in place. A QLoRA adapter first quantises the base to NF4 as it was trained."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = read_adapter_config(adapter_dir)
+    weights_path = Path(adapter_dir) / ADAPTER_WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise TinygenError(f"{weights_path} is missing; the adapter directory is incomplete")
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as e:
+        raise TinygenError(f"{weights_path} is corrupt ({e}); save the adapter again") from e
+    quant = (config.get("tinygen") or {}).get("base_quantization")
+    if quant and not any(isinstance(m, Linear4bit) for m in model.modules()):
+        modules = quant.get("quantized_modules")
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        missing = sorted(set(modules or []) - set(linear))
+        if missing:
+            raise TinygenError(f"the adapter in {adapter_dir} was trained on a different base "
+                               f"(it quantised {missing[:3]}, which this model lacks)")
+        skip = ["lm_head"] if modules is None else [re.escape(n) for n in linear
+                                                    if n not in modules]
+        quantize_model(model, skip=skip, blocksize=quant["blocksize"],
+                       double_quant=quant["double_quant"])
+    report = apply_lora(model, config["target_modules"], r=config["r"],
+                        alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0),
+                        use_rslora=config.get("use_rslora", False))
+    expected = {k for k in adapter_state_dict(model)}
+    found = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+             : v for k, v in tensors.items()}
+    if set(found) != expected:
+        extra, absent = sorted(set(found) - expected), sorted(expected - set(found))
+        raise TinygenError(f"the adapter in {adapter_dir} was trained on a different base "
+                           f"model (layers only in the adapter: {extra[:3]}; layers it lacks: "
+                           f"{absent[:3]}); load it onto the model it was trained from")
+    for name, layer in lora_layers(model).items():
+        for part in ("lora_A", "lora_B"):
+            value = found[f"{PEFT_PREFIX}{name}.{part}.weight"]
+            param = getattr(layer, part).weight
+            if value.shape != param.shape:
+                raise TinygenError(
+                    f"the adapter in {adapter_dir} was trained on a different base model: "
+                    f"{name}.{part} is {tuple(value.shape)} there but {tuple(param.shape)} here"
+                )
+            with torch.no_grad():
+                param.copy_(value.to(param.dtype))
+            param.requires_grad_(trainable)
+    report.trainable = count_parameters(model)[0]
+    return report
+
+
+class TrainableView(nn.Module):
+    """The trainable parameters of `model` (the adapter) as a module of their own that
+    runs the whole model. Handing this to the Trainer makes its checkpoints, optimiser
+    and resume cover the adapter only (kilobytes) while the frozen base stays outside."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.params = nn.ParameterDict(
+            {n.replace(".", "__"): p for n, p in model.named_parameters() if p.requires_grad}
+        )
+        if not len(self.params):
+            raise TinygenError("the model has no trainable parameters; apply LoRA first")
+        object.__setattr__(self, "full_model", model)  # not a submodule: not saved or moved
+
+    def train(self, mode: bool = True) -> TrainableView:
+        self.full_model.train(mode)
+        return super().train(mode)
+
+    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        return self.full_model(*args, **kwargs)
