@@ -49,11 +49,15 @@ def bench(config: GPTConfig, new_tokens: int) -> None:
     name = f"{config.n_layer}/{config.n_head}/{config.n_embd} block {config.block_size}"
     print(f"{name}: {new_tokens} new tokens, batch 1, greedy")
     print(f"  KV cache       {new_tokens / t_cache:8.1f} tokens/s")
-    print(f"  no cache       {new_tokens / t_plain:8.1f} tokens/s  "
-          f"(cache speed-up {t_plain / t_cache:.1f}x, identical output: "
-          f"{torch.equal(cached, plain)})")
-    print(f"  nanoGPT-style  {new_tokens / t_nano:8.1f} tokens/s  "
-          f"(cache speed-up {t_nano / t_cache:.1f}x)")
+    print(
+        f"  no cache       {new_tokens / t_plain:8.1f} tokens/s  "
+        f"(cache speed-up {t_plain / t_cache:.1f}x, identical output: "
+        f"{torch.equal(cached, plain)})"
+    )
+    print(
+        f"  nanoGPT-style  {new_tokens / t_nano:8.1f} tokens/s  "
+        f"(cache speed-up {t_nano / t_cache:.1f}x)"
+    )
 
 
 def main() -> None:

@@ -45,23 +45,34 @@ def main() -> None:
     train_text, val_text = split_train_val(text)
     model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
     train_config = dataclasses.replace(
-        train_config, max_iters=args.iters, log_interval=1, eval_interval=10**9,
-        eval_iters=1, compile=args.compile, device="cpu",
+        train_config,
+        max_iters=args.iters,
+        log_interval=1,
+        eval_interval=10**9,
+        eval_iters=1,
+        compile=args.compile,
+        device="cpu",
     )
     torch.manual_seed(0)
     model = GPT(model_config)
-    task = TextTask(model, encode_corpus(train_text, tokenizer), encode_corpus(val_text, tokenizer),
-                    model_config.block_size)
+    task = TextTask(
+        model,
+        encode_corpus(train_text, tokenizer),
+        encode_corpus(val_text, tokenizer),
+        model_config.block_size,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(task, train_config, tmp, run_config={"model_type": "gpt"}, progress=False).fit()
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][args.warmup:]
+    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][args.warmup :]
     tokens_per_iter = train_config.batch_size * model_config.block_size
     median_rate = statistics.median(rates)
     ms = 1000 * tokens_per_iter / median_rate
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, compile {args.compile}")
-    print(f"baby preset: median {ms:.1f} ms/iter = {median_rate:,.0f} tokens/s over "
-          f"{len(rates)} steps")
+    print(
+        f"baby preset: median {ms:.1f} ms/iter = {median_rate:,.0f} tokens/s over "
+        f"{len(rates)} steps"
+    )
     print(f"vs nanoGPT 43.3 ms/iter: {NANOGPT_MS_PER_ITER / ms:.2f}x")
 
 

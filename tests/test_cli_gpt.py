@@ -9,28 +9,60 @@ import pytest
 
 from tinygen.cli.main import main
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
-        "--batch-size", "8", "--eval-iters", "2", "--no-progress"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "32",
+    "--block-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--eval-iters",
+    "2",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, corpus_file):
     out = tmp_path_factory.mktemp("runs") / "gpt"
-    code = main(["train", "gpt", "--data", str(corpus_file), "--out", str(out),
-                 "--max-iters", "30", "--eval-interval", "15", *TINY])
+    code = main(
+        [
+            "train",
+            "gpt",
+            "--data",
+            str(corpus_file),
+            "--out",
+            str(out),
+            "--max-iters",
+            "30",
+            "--eval-interval",
+            "15",
+            *TINY,
+        ]
+    )
     assert code == 0
     return out
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tinygen", *args], capture_output=True,
-                          text=True)
+    return subprocess.run([sys.executable, "-m", "tinygen", *args], capture_output=True, text=True)
 
 
 def test_train_writes_a_complete_run_directory(trained_run):
     names = {p.name for p in trained_run.iterdir()}
-    assert {"config.json", "model.safetensors", "best.safetensors", "trainer_state.pt",
-            "metrics.jsonl", "loss.png", "tokenizer.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "best.safetensors",
+        "trainer_state.pt",
+        "metrics.jsonl",
+        "loss.png",
+        "tokenizer.json",
+    } <= names
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model_type"] == "gpt" and config["model"]["n_layer"] == 1
     rows = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
@@ -39,8 +71,23 @@ def test_train_writes_a_complete_run_directory(trained_run):
 
 
 def test_sample_streams_text_that_starts_with_the_prompt(trained_run, capsys):
-    assert main(["sample", "gpt", "--run", str(trained_run), "--prompt", "ROMEO:",
-                 "--max-new-tokens", "40", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "gpt",
+                "--run",
+                str(trained_run),
+                "--prompt",
+                "ROMEO:",
+                "--max-new-tokens",
+                "40",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("ROMEO:") and len(out.rstrip("\n")) >= 40
 
@@ -48,8 +95,21 @@ def test_sample_streams_text_that_starts_with_the_prompt(trained_run, capsys):
 def test_sample_with_and_without_cache_agree(trained_run, capsys):
     outs = []
     for flag in ([], ["--no-cache"]):
-        main(["sample", "gpt", "--run", str(trained_run), "--prompt", "KING", "--max-new-tokens",
-              "60", "--seed", "3", *flag])
+        main(
+            [
+                "sample",
+                "gpt",
+                "--run",
+                str(trained_run),
+                "--prompt",
+                "KING",
+                "--max-new-tokens",
+                "60",
+                "--seed",
+                "3",
+                *flag,
+            ]
+        )
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1]
 
@@ -63,15 +123,17 @@ def one_line_error(result):
 
 
 def test_missing_data_file_is_one_clear_line(tmp_path):
-    line = one_line_error(run_cli("train", "gpt", "--data", str(tmp_path / "nope.txt"),
-                                  "--out", str(tmp_path / "r")))
+    line = one_line_error(
+        run_cli("train", "gpt", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r"))
+    )
     assert "nope.txt" in line
 
 
 def test_empty_data_file_is_one_clear_line(tmp_path):
     (tmp_path / "empty.txt").write_text("")
-    line = one_line_error(run_cli("train", "gpt", "--data", str(tmp_path / "empty.txt"),
-                                  "--out", str(tmp_path / "r")))
+    line = one_line_error(
+        run_cli("train", "gpt", "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "r"))
+    )
     assert "empty" in line
 
 
@@ -94,8 +156,20 @@ def test_missing_run_directory_is_one_clear_line(tmp_path):
 
 
 def test_config_that_does_not_fit_is_one_clear_line(tmp_path, corpus_file):
-    line = one_line_error(run_cli("train", "gpt", "--data", str(corpus_file), "--n-embd", "30",
-                                  "--n-head", "4", "--out", str(tmp_path / "r")))
+    line = one_line_error(
+        run_cli(
+            "train",
+            "gpt",
+            "--data",
+            str(corpus_file),
+            "--n-embd",
+            "30",
+            "--n-head",
+            "4",
+            "--out",
+            str(tmp_path / "r"),
+        )
+    )
     assert "divisible" in line
 
 
@@ -104,10 +178,31 @@ def test_torchrun_two_process_ddp_trains(tmp_path, corpus_file):
     assert torchrun, "torchrun ships with torch"
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29512", "-m", "tinygen", "train",
-         "gpt", "--data", str(corpus_file), "--out", str(out), "--max-iters", "40",
-         "--eval-interval", "20", "--learning-rate", "3e-3", *TINY],
-        capture_output=True, text=True, timeout=300,
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29512",
+            "-m",
+            "tinygen",
+            "train",
+            "gpt",
+            "--data",
+            str(corpus_file),
+            "--out",
+            str(out),
+            "--max-iters",
+            "40",
+            "--eval-interval",
+            "20",
+            "--learning-rate",
+            "3e-3",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())

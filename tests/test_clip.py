@@ -13,8 +13,18 @@ from tinygen.errors import TinygenError
 from tinygen.models.clip import CLIP, CLIPConfig, clip_loss
 from tinygen.models.registry import build_model
 
-TINY = dict(embed_dim=16, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
-            text_layers=1, text_heads=2, vocab_size=20, context_length=8, resnet_width=8)
+TINY = dict(
+    embed_dim=16,
+    vision_width=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_width=32,
+    text_layers=1,
+    text_heads=2,
+    vocab_size=20,
+    context_length=8,
+    resnet_width=8,
+)
 
 
 def loss_by_log_softmax(img: torch.Tensor, txt: torch.Tensor, scale: float) -> torch.Tensor:
@@ -40,7 +50,8 @@ def test_loss_is_log_batch_size_for_uninformative_features():
     same = torch.ones(9, 4)
     assert clip_loss(same, same, 50.0).item() == pytest.approx(math.log(9), rel=1e-6)
     assert clip_loss(torch.randn(6, 3), torch.randn(6, 3), 0.0).item() == pytest.approx(
-        math.log(6), rel=1e-6)
+        math.log(6), rel=1e-6
+    )
 
 
 def test_loss_near_zero_for_perfect_matching_at_high_scale():
@@ -128,12 +139,15 @@ def test_wrong_image_size_is_a_clear_error():
         model.encode_image(torch.zeros(1, 3, 64, 64))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"image_tower": "cnn"}, "choose vit or resnet"),
-    ({"text_tower": "bert"}, "choose transformer or minilm"),
-    ({"vision_width": 30, "vision_heads": 4}, "divisible by"),
-    ({"patch_size": 5}, "not divisible"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"image_tower": "cnn"}, "choose vit or resnet"),
+        ({"text_tower": "bert"}, "choose transformer or minilm"),
+        ({"vision_width": 30, "vision_heads": 4}, "divisible by"),
+        ({"patch_size": 5}, "not divisible"),
+    ],
+)
 def test_bad_config_is_a_clear_error(change, message):
     with pytest.raises(TinygenError, match=message):
         CLIP(CLIPConfig(**{**TINY, **change}))

@@ -36,9 +36,20 @@ def test_gathered_loss_and_gradients_match_single_process(tmp_path):
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tmp_path)],
-        check=True, env=env, timeout=120, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tmp_path),
+        ],
+        check=True,
+        env=env,
+        timeout=120,
+        capture_output=True,
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
@@ -57,5 +68,4 @@ def test_gathered_loss_and_gradients_match_single_process(tmp_path):
     for key, full in (("img_grad", images.grad), ("txt_grad", texts.grad)):
         gathered = torch.cat([r[key] for r in ranks]) / 2
         torch.testing.assert_close(gathered, full)
-    torch.testing.assert_close((ranks[0]["scale_grad"] + ranks[1]["scale_grad"]) / 2,
-                               scale.grad)
+    torch.testing.assert_close((ranks[0]["scale_grad"] + ranks[1]["scale_grad"]) / 2, scale.grad)

@@ -19,8 +19,11 @@ from tinygen.data.caption_tokenizer import (
 )
 from tinygen.errors import TinygenError
 
-CAPTIONS = ["a large red circle on the left", "small blue square, top",
-            "there is a green star in the centre"]
+CAPTIONS = [
+    "a large red circle on the left",
+    "small blue square, top",
+    "there is a green star in the centre",
+]
 
 
 def test_split_words_separates_punctuation_and_lowercases():

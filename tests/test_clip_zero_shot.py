@@ -38,8 +38,9 @@ class PerfectModel(nn.Module):
 def test_zero_shot_with_perfect_features_scores_100_percent():
     names = ["circle", "square", "star", "cross"]
     model = PerfectModel(len(names))
-    classifier = zero_shot_classifier(model, names, ["a {}", "a photo of a {}"],
-                                      tokenizer=WordTokenizer(names))
+    classifier = zero_shot_classifier(
+        model, names, ["a {}", "a photo of a {}"], tokenizer=WordTokenizer(names)
+    )
     torch.testing.assert_close(classifier, torch.eye(4))  # averaged and renormalised
     labels = torch.tensor([2, 0, 3, 1, 1, 2])
     images = nn.functional.one_hot(labels, 4).float() + 0.1 * torch.rand(6, 4)
@@ -86,9 +87,13 @@ def test_identical_features_give_recall_at_1_of_one():
 def test_retrieval_ranks_on_a_hand_built_case():
     # Image i's own text is at rank: 1, 2, 3 (texts built so the order is known).
     image = torch.eye(3)
-    text = torch.tensor([[1.0, 0.0, 0.0],   # text 0: matches image 0 best
-                         [1.0, 0.5, 0.0],   # text 1: nearer image 0 than image 1
-                         [1.0, 0.2, 0.1]])  # text 2: image 2 ranks it third
+    text = torch.tensor(
+        [
+            [1.0, 0.0, 0.0],  # text 0: matches image 0 best
+            [1.0, 0.5, 0.0],  # text 1: nearer image 0 than image 1
+            [1.0, 0.2, 0.1],  # text 2: image 2 ranks it third
+        ]
+    )
     m = retrieval_metrics(image, text, ks=(1, 2))
     # image->text: image0: text0 (1.0) vs text1 (0.89), text2 (0.98) -> rank 1
     # image1: own text1 sim 0.447; text0 0, text2 0.196 -> rank 1

@@ -30,11 +30,15 @@ def test_frechet_distance_matches_scipy_sqrtm():
     linalg = pytest.importorskip("scipy.linalg")
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(300, 6, generator=gen, dtype=torch.float64)
-    b = torch.randn(250, 6, generator=gen, dtype=torch.float64) @ torch.rand(
-        6, 6, generator=gen, dtype=torch.float64) + 0.5
+    b = (
+        torch.randn(250, 6, generator=gen, dtype=torch.float64)
+        @ torch.rand(6, 6, generator=gen, dtype=torch.float64)
+        + 0.5
+    )
     ca, cb = np.cov(a.numpy().T), np.cov(b.numpy().T)
     ref = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(
-        ca + cb - 2 * linalg.sqrtm(ca @ cb).real)
+        ca + cb - 2 * linalg.sqrtm(ca @ cb).real
+    )
     assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
 
 
@@ -61,8 +65,7 @@ def test_blur_matches_scipy_gaussian_filter():
 
 def test_augment_adds_noise_of_the_drawn_level_and_stays_in_range():
     images = torch.zeros(1000, 3, 16, 16)
-    out = augment(images, torch.Generator().manual_seed(0), max_noise=0.3, p_noise=1.0,
-                  p_blur=0.0)
+    out = augment(images, torch.Generator().manual_seed(0), max_noise=0.3, p_noise=1.0, p_blur=0.0)
     std = out.flatten(1).std(1)  # per image: one uniform noise level in [0, 0.3]
     assert std.max() < 0.33 and std.min() < 0.01 and abs(std.mean().item() - 0.15) < 0.01
     assert out.abs().max() <= 1
@@ -83,7 +86,12 @@ class Oracle:
 def test_prompt_fidelity_counts_exactly_what_matches():
     batch = generate_shapes(40, split="test", seed=0)
     assert prompt_fidelity(batch.images, batch.prompts, evaluator=Oracle(batch.labels)) == {
-        "all": 1.0, "shape": 1.0, "color": 1.0, "size": 1.0, "position": 1.0}
+        "all": 1.0,
+        "shape": 1.0,
+        "color": 1.0,
+        "size": 1.0,
+        "position": 1.0,
+    }
     wrong = dict(batch.labels)
     wrong["color"] = batch.labels["color"].clone()
     wrong["color"][:10] = (wrong["color"][:10] + 1) % 8  # 10 of 40 colours wrong
@@ -96,13 +104,22 @@ def test_prompt_fidelity_counts_exactly_what_matches():
 
 def test_prompt_fidelity_scores_only_the_attributes_named():
     batch = generate_shapes(8, split="test", seed=1)
-    prompts = [f"a {c} {s}" for c, s in zip(
-        [("red", "green", "blue", "yellow", "purple", "cyan", "orange", "white")[i]
-         for i in batch.labels["color"].tolist()],
-        [ATTRIBUTES["shape"][i] for i in batch.labels["shape"].tolist()])]
+    prompts = [
+        f"a {c} {s}"
+        for c, s in zip(
+            [
+                ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "white")[i]
+                for i in batch.labels["color"].tolist()
+            ],
+            [ATTRIBUTES["shape"][i] for i in batch.labels["shape"].tolist()],
+        )
+    ]
     wrong = dict(batch.labels, size=1 - batch.labels["size"])  # sizes are not asked for
     assert prompt_fidelity(batch.images, prompts, evaluator=Oracle(wrong)) == {
-        "all": 1.0, "shape": 1.0, "color": 1.0}
+        "all": 1.0,
+        "shape": 1.0,
+        "color": 1.0,
+    }
 
 
 def test_prompt_fidelity_rejects_bad_input():
@@ -145,8 +162,16 @@ def tiny_run(tmp_path_factory):
     config = EvaluatorConfig(width=8, feature_dim=32)
     torch.manual_seed(0)
     task = EvaluatorTask(config, n_test=300)
-    train = TrainConfig(max_iters=60, batch_size=32, learning_rate=3e-3, warmup_iters=5,
-                        eval_interval=60, eval_iters=2, log_interval=20, device="cpu")
+    train = TrainConfig(
+        max_iters=60,
+        batch_size=32,
+        learning_rate=3e-3,
+        warmup_iters=5,
+        eval_interval=60,
+        eval_iters=2,
+        log_interval=20,
+        device="cpu",
+    )
     run_config = {"model_type": "shapes-evaluator", "model": dataclasses.asdict(config)}
     result = Trainer(task, train, out, run_config=run_config, progress=False).fit()
     return out, result
@@ -169,10 +194,16 @@ def test_installed_evaluator_is_found_and_scores_prompts(tiny_run, tmp_path, mon
     batch = generate_shapes(200, split="test", seed=3)
     scores = prompt_fidelity(batch.images, batch.prompts)  # default evaluator from the env
     predicted = evaluator.predict(batch.images)
-    assert scores["position"] == (predicted["position"] == batch.labels["position"]).float(
-        ).mean().item()
-    wrong = [p.replace(" on the left", " on the right") if "left" in p else
-             p.replace(" on the right", " on the left") for p in batch.prompts]
+    assert (
+        scores["position"]
+        == (predicted["position"] == batch.labels["position"]).float().mean().item()
+    )
+    wrong = [
+        p.replace(" on the left", " on the right")
+        if "left" in p
+        else p.replace(" on the right", " on the left")
+        for p in batch.prompts
+    ]
     sideways = prompt_fidelity(batch.images, wrong)["position"]
     assert sideways < scores["position"] - 0.2  # it notices a prompt asking the wrong side
 
@@ -191,8 +222,23 @@ def test_feature_distance_is_small_within_the_world_and_large_to_noise(tiny_run)
 def test_cli_eval_reports_accuracy_per_noise_level(tiny_run):
     out, _ = tiny_run
     proc = subprocess.run(
-        [sys.executable, "-m", "tinygen.cli.main", "eval", "evaluator", "--run", str(out),
-         "--n", "100", "--noise", "0,0.1"], capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-m",
+            "tinygen.cli.main",
+            "eval",
+            "evaluator",
+            "--run",
+            str(out),
+            "--n",
+            "100",
+            "--noise",
+            "0,0.1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["noise_std"] for r in rows] == [0.0, 0.1]
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ATTRIBUTES)

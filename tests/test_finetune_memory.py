@@ -70,8 +70,10 @@ def test_qlora_estimate_equals_the_bytes_of_a_quantised_gpt():
 
 def test_qlora_fits_a_16gb_t4_and_lora_and_full_do_not():
     inv = resolve_inventory("llama-2-7b")
-    totals = {m: sum(training_bytes(inv, m, ["q_proj", "v_proj"], 8).values()) / 1e9
-              for m in ("full", "lora", "qlora-dq")}
+    totals = {
+        m: sum(training_bytes(inv, m, ["q_proj", "v_proj"], 8).values()) / 1e9
+        for m in ("full", "lora", "qlora-dq")
+    }
     assert totals["full"] > 100 and totals["qlora-dq"] < 4 < 13 < totals["lora"] < 16
 
 

@@ -69,8 +69,9 @@ def test_kv_cache_generation_equals_no_cache_sampled_with_seed():
     runs = []
     for use_cache in (True, False):
         gen = torch.Generator().manual_seed(7)
-        runs.append(model.generate(idx, 50, temperature=1.3, top_k=10, use_cache=use_cache,
-                                   generator=gen))
+        runs.append(
+            model.generate(idx, 50, temperature=1.3, top_k=10, use_cache=use_cache, generator=gen)
+        )
     assert torch.equal(*runs)
 
 
@@ -97,9 +98,7 @@ def test_top_k_only_samples_from_the_k_best():
 def test_top_p_keeps_the_smallest_nucleus():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     gen = torch.Generator().manual_seed(0)
-    draws = {
-        sample_next_token(probs.log(), top_p=0.75, generator=gen).item() for _ in range(300)
-    }
+    draws = {sample_next_token(probs.log(), top_p=0.75, generator=gen).item() for _ in range(300)}
     assert draws == {0, 1}
 
 

@@ -86,8 +86,9 @@ def test_merge_equals_unmerged_forward_and_unmerge_restores_weights():
     unmerge_lora(model)
     for name, layer in model.named_modules():
         if isinstance(layer, LoRALinear):
-            torch.testing.assert_close(layer.base_layer.weight, original[f"{name}.weight"],
-                                       rtol=0, atol=1e-6)
+            torch.testing.assert_close(
+                layer.base_layer.weight, original[f"{name}.weight"], rtol=0, atol=1e-6
+            )
     torch.testing.assert_close(model(x)[0], unmerged, rtol=1e-5, atol=1e-5)
 
 

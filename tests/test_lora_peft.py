@@ -18,8 +18,13 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 def tiny_llama(seed: int = 0):
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -75,8 +80,9 @@ def test_saved_config_and_keys_match_peft_conventions(tmp_path):
     ours = tiny_llama()
     apply_lora(ours, TARGETS, r=4, alpha=8)
     save_adapter(ours, tmp_path / "ours")
-    theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8,
-                                                                target_modules=TARGETS))
+    theirs = peft.get_peft_model(
+        tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS)
+    )
     theirs.save_pretrained(tmp_path / "theirs")
     from safetensors.torch import load_file
 

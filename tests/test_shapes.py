@@ -42,7 +42,8 @@ def test_same_seed_and_split_give_the_same_batch():
 def test_splits_never_share_an_image():
     images = {
         split: generate_shapes(200, split=split, seed=seed).images.flatten(1)
-        for split in ("train", "val", "test") for seed in (0, 1)
+        for split in ("train", "val", "test")
+        for seed in (0, 1)
     }
     everything = torch.cat(list(images.values()))
     assert torch.unique(everything, dim=0).shape[0] == everything.shape[0]
@@ -70,8 +71,10 @@ def test_test_split_has_all_pairs_and_heldout_split_only_heldout_pairs():
     combos = test.labels["color"] * len(SHAPES) + test.labels["shape"]
     assert sorted(combos.tolist()) == list(range(48))
     held = generate_shapes(60, split="heldout", seed=5)
-    pairs = {(COLORS[c], SHAPES[s]) for c, s in zip(held.labels["color"].tolist(),
-                                                    held.labels["shape"].tolist())}
+    pairs = {
+        (COLORS[c], SHAPES[s])
+        for c, s in zip(held.labels["color"].tolist(), held.labels["shape"].tolist())
+    }
     assert pairs == set(HELDOUT_COMBOS)
 
 
@@ -113,8 +116,9 @@ def _centroids(mask: torch.Tensor) -> torch.Tensor:
     size = mask.shape[-1]
     coords = (torch.arange(size) + 0.5) / size
     total = mask.sum((1, 2))
-    return torch.stack([(mask.sum(1) * coords).sum(1) / total,
-                        (mask.sum(2) * coords).sum(1) / total], 1)
+    return torch.stack(
+        [(mask.sum(1) * coords).sum(1) / total, (mask.sum(2) * coords).sum(1) / total], 1
+    )
 
 
 def test_position_label_is_where_the_object_is():
@@ -149,7 +153,8 @@ def test_two_object_scenes_follow_their_relation_and_never_overlap():
         assert sign * (first[i, axis] - second[i, axis]) > 0.25
     assert (batch.masks[:, 0] * batch.masks[:, 1]).sum() == 0
     same = (batch.labels["color"] == batch.labels["color2"]) & (
-        batch.labels["shape"] == batch.labels["shape2"])
+        batch.labels["shape"] == batch.labels["shape2"]
+    )
     assert not same.any()
     assert set(_names(batch, "relation")) == set(RELATIONS)
 
@@ -158,8 +163,9 @@ def test_hsv_to_rgb_matches_colorsys():
     gen = torch.Generator().manual_seed(0)
     h, s, v = torch.rand(3, 200, generator=gen)
     ours = hsv_to_rgb(h * 360, s, v)
-    ref = torch.tensor([colorsys.hsv_to_rgb(a, b, c) for a, b, c in zip(h.tolist(), s.tolist(),
-                                                                       v.tolist())])
+    ref = torch.tensor(
+        [colorsys.hsv_to_rgb(a, b, c) for a, b, c in zip(h.tolist(), s.tolist(), v.tolist())]
+    )
     assert torch.allclose(ours, ref, atol=1e-6)
 
 

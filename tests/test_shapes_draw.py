@@ -66,16 +66,22 @@ def test_every_shape_fits_in_its_extent():
 
 def test_render_paints_background_and_object_colours():
     kinds = torch.tensor([[0]])
-    images, masks = draw.render(kinds, torch.tensor([[[0.5, 0.5]]]), torch.tensor([[0.3]]),
-                                torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[0.0, 0.0, 1.0]]),
-                                32)
+    images, masks = draw.render(
+        kinds,
+        torch.tensor([[[0.5, 0.5]]]),
+        torch.tensor([[0.3]]),
+        torch.tensor([[[1.0, 0.0, 0.0]]]),
+        torch.tensor([[0.0, 0.0, 1.0]]),
+        32,
+    )
     rgb = (images[0] + 1) / 2
     assert torch.allclose(rgb[:, 16, 16], torch.tensor([1.0, 0.0, 0.0]))
     assert torch.allclose(rgb[:, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
     edge = (masks[0, 0] > 0) & (masks[0, 0] < 1)
     assert edge.any()  # anti-aliased border: a blend of both colours
     assert torch.allclose(rgb[0][edge], masks[0, 0][edge]) and torch.allclose(
-        rgb[2][edge], 1 - masks[0, 0][edge])
+        rgb[2][edge], 1 - masks[0, 0][edge]
+    )
 
 
 def test_canonical_prompts_parse_back_for_every_attribute_combination():
@@ -85,32 +91,55 @@ def test_canonical_prompts_parse_back_for_every_attribute_combination():
             for size in SIZES:
                 for position in POSITIONS:
                     text = canonical_prompt(color, shape, size, position)
-                    assert parse_prompt(text) == {"color": color, "shape": shape, "size": size,
-                                                  "position": position}
+                    assert parse_prompt(text) == {
+                        "color": color,
+                        "shape": shape,
+                        "size": size,
+                        "position": position,
+                    }
     assert canonical_prompt("red", "circle", "large", "left") == "a large red circle on the left"
 
 
 def test_pair_prompts_parse_back():
-    text = canonical_pair_prompt({"color": "red", "shape": "circle"}, "left of",
-                                 {"color": "blue", "shape": "square", "size": "small"})
+    text = canonical_pair_prompt(
+        {"color": "red", "shape": "circle"},
+        "left of",
+        {"color": "blue", "shape": "square", "size": "small"},
+    )
     assert text == "a red circle to the left of a small blue square"
-    assert parse_prompt(text) == {"color": "red", "shape": "circle", "color2": "blue",
-                                  "shape2": "square", "size2": "small", "relation": "left of"}
+    assert parse_prompt(text) == {
+        "color": "red",
+        "shape": "circle",
+        "color2": "blue",
+        "shape2": "square",
+        "size2": "small",
+        "relation": "left of",
+    }
 
 
 def test_parse_prompt_accepts_free_wording():
     assert parse_prompt("There is a GREEN star in the center.") == {
-        "color": "green", "shape": "star", "position": "centre"}
+        "color": "green",
+        "shape": "star",
+        "position": "centre",
+    }
     assert parse_prompt("small blue square, top") == {
-        "size": "small", "color": "blue", "shape": "square", "position": "top"}
+        "size": "small",
+        "color": "blue",
+        "shape": "square",
+        "position": "top",
+    }
 
 
-@pytest.mark.parametrize("text,match", [
-    ("a red dragon", "'dragon'"),
-    ("a red blue circle", "two colors"),
-    ("", "names no attribute"),
-    ("a red circle on the left to the left of a blue square", "position and a relation"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("a red dragon", "'dragon'"),
+        ("a red blue circle", "two colors"),
+        ("", "names no attribute"),
+        ("a red circle on the left to the left of a blue square", "position and a relation"),
+    ],
+)
 def test_parse_prompt_errors_name_the_problem(text, match):
     with pytest.raises(TinygenError, match=match):
         parse_prompt(text)

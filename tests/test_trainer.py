@@ -23,16 +23,30 @@ def make_task(text, *, dropout=0.1, block_size=32, seed=0):
     tok = CharTokenizer.from_text(text)
     n = int(0.9 * len(text))
     torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2,
-                       n_embd=32, dropout=dropout)
+    config = GPTConfig(
+        vocab_size=tok.vocab_size,
+        block_size=block_size,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        dropout=dropout,
+    )
     model = GPT(config)
     task = TextTask(model, encode_corpus(text[:n], tok), encode_corpus(text[n:], tok), block_size)
     return task, {"model_type": "gpt", "model": config.__dict__}
 
 
 def train_config(**kw):
-    base = dict(max_iters=40, batch_size=8, eval_interval=10, eval_iters=2, log_interval=2,
-                lr_decay_iters=40, warmup_iters=5, seed=5)
+    base = dict(
+        max_iters=40,
+        batch_size=8,
+        eval_interval=10,
+        eval_iters=2,
+        log_interval=2,
+        lr_decay_iters=40,
+        warmup_iters=5,
+        seed=5,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -51,15 +65,17 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, text):
     Trainer(task, train_config(), tmp_path / "full", run_config=run_config, progress=False).fit()
 
     task, run_config = make_task(text)
-    interrupted = Trainer(task, train_config(max_iters=20), tmp_path / "part",
-                          run_config=run_config, progress=False)
+    interrupted = Trainer(
+        task, train_config(max_iters=20), tmp_path / "part", run_config=run_config, progress=False
+    )
     interrupted.fit()
     # a metrics line written after the last checkpoint must not survive the resume
     with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 21, "train_loss": 9.9}) + "\n")
     task, run_config = make_task(text, seed=123)  # different init: resume must overwrite it
-    Trainer(task, train_config(), tmp_path / "part", run_config=run_config, resume=True,
-            progress=False).fit()
+    Trainer(
+        task, train_config(), tmp_path / "part", run_config=run_config, resume=True, progress=False
+    ).fit()
     assert losses(tmp_path / "part") == losses(tmp_path / "full")
 
 
@@ -71,8 +87,9 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, text):
 
 def test_starting_over_an_existing_run_is_refused(tmp_path, text):
     task, run_config = make_task(text)
-    Trainer(task, train_config(max_iters=10), tmp_path / "r", run_config=run_config,
-            progress=False).fit()
+    Trainer(
+        task, train_config(max_iters=10), tmp_path / "r", run_config=run_config, progress=False
+    ).fit()
     with pytest.raises(TinygenError, match="--resume"):
         Trainer(task, train_config(), tmp_path / "r", run_config=run_config)
 
@@ -110,8 +127,9 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path, text):
         return original(split, batch_size, generator)
 
     task.get_batch = interrupting
-    result = Trainer(task, train_config(), tmp_path / "r", run_config=run_config,
-                     progress=False).fit()
+    result = Trainer(
+        task, train_config(), tmp_path / "r", run_config=run_config, progress=False
+    ).fit()
     assert result.interrupted
     assert ckpt.load_state(tmp_path / "r" / "trainer_state.pt")["step"] == result.step > 0
 
@@ -119,15 +137,40 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path, text):
 def test_sigkill_during_training_resumes_the_same_curve(tmp_path, corpus_file):
     """Kill a real `tinygen train gpt` process with SIGKILL at an arbitrary moment (possibly
     while it writes a checkpoint); `--resume` must finish with the uninterrupted curve."""
-    args = [sys.executable, "-m", "tinygen", "train", "gpt", "--data", str(corpus_file),
-            "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
-            "--batch-size", "8", "--max-iters", "120", "--eval-interval", "5",
-            "--eval-iters", "2", "--log-interval", "5", "--no-progress"]
+    args = [
+        sys.executable,
+        "-m",
+        "tinygen",
+        "train",
+        "gpt",
+        "--data",
+        str(corpus_file),
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "32",
+        "--block-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--max-iters",
+        "120",
+        "--eval-interval",
+        "5",
+        "--eval-iters",
+        "2",
+        "--log-interval",
+        "5",
+        "--no-progress",
+    ]
     subprocess.run([*args, "--out", str(tmp_path / "full")], check=True, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*args, "--out", str(run)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (run / "trainer_state.pt").exists():
         time.sleep(0.02)
@@ -145,8 +188,14 @@ def test_short_training_run_beats_unigram_entropy(tmp_path, text):
     counts = torch.bincount(task.data["val"], minlength=task.model.config.vocab_size).float()
     p = counts[counts > 0] / counts.sum()
     unigram_entropy = -(p * p.log()).sum().item()  # ~3.3 nats for Shakespeare
-    cfg = train_config(max_iters=200, lr_decay_iters=200, eval_interval=200, eval_iters=20,
-                       batch_size=16, learning_rate=3e-3)
+    cfg = train_config(
+        max_iters=200,
+        lr_decay_iters=200,
+        eval_interval=200,
+        eval_iters=20,
+        batch_size=16,
+        learning_rate=3e-3,
+    )
     result = Trainer(task, cfg, tmp_path / "r", run_config=run_config, progress=False).fit()
     assert result.last_val_loss < unigram_entropy - 0.6
     assert (tmp_path / "r" / "loss.png").stat().st_size > 1000

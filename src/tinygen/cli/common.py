@@ -43,8 +43,13 @@ def add_dataclass_flags(
         help_text = f"{help_text} (default {default})".strip()
         argtype, is_bool = _flag_type(hints[f.name])
         if is_bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
         else:
             group.add_argument(flag, dest=f.name, type=argtype, default=None, help=help_text)
 

@@ -24,10 +24,10 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
                     ema_decay=0.99),
     ),
     "shapes": (
-        UNetConfig(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+        UNetConfig(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
                    attention_resolutions=(8,)),
-        TrainConfig(max_iters=2000, batch_size=64, learning_rate=1e-3, warmup_iters=100,
-                    eval_interval=500, eval_iters=10, log_interval=20, weight_decay=0.0,
+        TrainConfig(max_iters=1600, batch_size=48, learning_rate=1e-3, warmup_iters=100,
+                    eval_interval=400, eval_iters=5, log_interval=20, weight_decay=0.0,
                     ema_decay=0.995),
     ),
 }

@@ -18,15 +18,21 @@ def register(commands) -> None:
     from tinygen.finetune.toy import ToyConfig
 
     finetune = commands.root.add_parser(
-        "finetune", help="LoRA / QLoRA fine-tuning (toy, our GPT, Hugging Face models)",
+        "finetune",
+        help="LoRA / QLoRA fine-tuning (toy, our GPT, Hugging Face models)",
         description="Parameter-efficient fine-tuning: LoRA (Hu et al. 2021) and QLoRA "
-                    "(Dettmers et al. 2023).")
+        "(Dettmers et al. 2023).",
+    )
     kinds = finetune.add_subparsers(dest="kind", metavar="KIND", required=True)
 
     toy = kinds.add_parser("toy", help="LoRA-adapt a 2-D classifier to a rotated task")
     add_dataclass_flags(toy, ToyConfig)
-    toy.add_argument("--out", type=Path, default=Path("runs/finetune-toy"),
-                     help="where the picture and runs go (default runs/finetune-toy)")
+    toy.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/finetune-toy"),
+        help="where the picture and runs go (default runs/finetune-toy)",
+    )
     toy.set_defaults(func=run_toy_command)
 
     gpt = kinds.add_parser("gpt", help="fine-tune a trained GPT: full | lora | qlora")
@@ -38,8 +44,9 @@ def register(commands) -> None:
     add_dataclass_flags(gpt, TrainConfig, title="training")
     gpt.set_defaults(func=run_gpt_command)
 
-    hf = kinds.add_parser("hf", help="LoRA / QLoRA on a Hugging Face causal LM (transformers "
-                                     "+ PEFT)")
+    hf = kinds.add_parser(
+        "hf", help="LoRA / QLoRA on a Hugging Face causal LM (transformers + PEFT)"
+    )
     hf.add_argument("--model", required=True, help="hub name or local model directory")
     hf.add_argument("--data", type=Path, required=True, help="UTF-8 text file to train on")
     hf.add_argument("--method", choices=("lora", "qlora"), default="lora")
@@ -47,25 +54,35 @@ def register(commands) -> None:
     hf.add_argument("--r", type=int, default=8, help="LoRA rank (default 8)")
     hf.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
     hf.add_argument("--lora-dropout", type=float, default=0.05)
-    hf.add_argument("--targets", default="all-linear",
-                    help="comma-separated module names or all-linear (default)")
+    hf.add_argument(
+        "--targets",
+        default="all-linear",
+        help="comma-separated module names or all-linear (default)",
+    )
     hf.add_argument("--block-size", type=int, default=256, help="tokens per training window")
     hf.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_flags(hf, TrainConfig, title="training")
     hf.set_defaults(func=run_hf_command)
 
     memory = commands.root.add_parser(
-        "memory", help="parameter counts and memory of full / LoRA / QLoRA fine-tuning",
+        "memory",
+        help="parameter counts and memory of full / LoRA / QLoRA fine-tuning",
         description="Weight memory in fp32/fp16/int8/NF4/NF4+DQ and training memory of full "
-                    "fine-tuning vs LoRA vs QLoRA, from a built-in config, a Hugging Face "
-                    "config.json or a tinygen run directory.")
-    memory.add_argument("--model", required=True,
-                        help="llama-2-7b | llama-2-13b | llama-2-70b | HF config.json or model "
-                             "directory | tinygen run directory")
+        "fine-tuning vs LoRA vs QLoRA, from a built-in config, a Hugging Face "
+        "config.json or a tinygen run directory.",
+    )
+    memory.add_argument(
+        "--model",
+        required=True,
+        help="llama-2-7b | llama-2-13b | llama-2-70b | HF config.json or model "
+        "directory | tinygen run directory",
+    )
     memory.add_argument("--r", type=int, default=8, help="LoRA rank (default 8)")
-    memory.add_argument("--targets", default=None,
-                        help="comma-separated LoRA targets (default q_proj,v_proj for LLaMA, "
-                             "qkv_proj for our GPT)")
+    memory.add_argument(
+        "--targets",
+        default=None,
+        help="comma-separated LoRA targets (default q_proj,v_proj for LLaMA, qkv_proj for our GPT)",
+    )
     memory.set_defaults(func=run_memory_command)
 
 
@@ -95,11 +112,15 @@ def run_gpt_command(args: argparse.Namespace) -> int:
     if args.learning_rate is not None and args.min_lr is None:
         train = dataclasses.replace(train, min_lr=args.learning_rate / 10)
     try:
-        result = finetune_gpt(args.base, args.out, ft, train, resume=args.resume,
-                              progress=not args.no_progress)
+        result = finetune_gpt(
+            args.base, args.out, ft, train, resume=args.resume, progress=not args.no_progress
+        )
     except KeyboardInterrupt:
-        print(f"interrupted; checkpoint saved in {args.out}. Continue with the same command "
-              "plus --resume", file=sys.stderr)
+        print(
+            f"interrupted; checkpoint saved in {args.out}. Continue with the same command "
+            "plus --resume",
+            file=sys.stderr,
+        )
         return 130
     print(result.summary())
     if ft.method == "full":
@@ -112,15 +133,30 @@ def run_gpt_command(args: argparse.Namespace) -> int:
 def run_hf_command(args: argparse.Namespace) -> int:
     from tinygen.finetune.hf import finetune_hf
 
-    base = TrainConfig(max_iters=200, batch_size=4, learning_rate=2e-4, warmup_iters=10,
-                       eval_interval=50, eval_iters=10)
+    base = TrainConfig(
+        max_iters=200,
+        batch_size=4,
+        learning_rate=2e-4,
+        warmup_iters=10,
+        eval_interval=50,
+        eval_iters=10,
+    )
     train = dataclass_from_args(TrainConfig, args, base)
     if args.r <= 0:
         raise TinygenError(f"--r must be a positive integer, got {args.r}")
-    result = finetune_hf(args.model, args.data, args.out, method=args.method, r=args.r,
-                         alpha=args.alpha, dropout=args.lora_dropout,
-                         targets=_split_targets(args.targets), block_size=args.block_size,
-                         train=train, progress=not args.no_progress)
+    result = finetune_hf(
+        args.model,
+        args.data,
+        args.out,
+        method=args.method,
+        r=args.r,
+        alpha=args.alpha,
+        dropout=args.lora_dropout,
+        targets=_split_targets(args.targets),
+        block_size=args.block_size,
+        train=train,
+        progress=not args.no_progress,
+    )
     print(result.summary())
     return 0
 

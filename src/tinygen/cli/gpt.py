@@ -18,40 +18,69 @@ from tinygen.train.config import TrainConfig
 PRESETS: dict[str, tuple[GPTConfig, TrainConfig]] = {
     "baby": (
         GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
-        TrainConfig(max_iters=2000, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
-                    warmup_iters=100, lr_decay_iters=2000, beta2=0.99, eval_interval=250,
-                    eval_iters=20, log_interval=10),
+        TrainConfig(
+            max_iters=2000,
+            batch_size=12,
+            learning_rate=1e-3,
+            min_lr=1e-4,
+            warmup_iters=100,
+            lr_decay_iters=2000,
+            beta2=0.99,
+            eval_interval=250,
+            eval_iters=20,
+            log_interval=10,
+        ),
     ),
     "shakespeare-char": (
         GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
-        TrainConfig(max_iters=5000, batch_size=64, learning_rate=1e-3, min_lr=1e-4,
-                    warmup_iters=100, lr_decay_iters=5000, beta2=0.99, eval_interval=250,
-                    eval_iters=200, log_interval=10),
+        TrainConfig(
+            max_iters=5000,
+            batch_size=64,
+            learning_rate=1e-3,
+            min_lr=1e-4,
+            warmup_iters=100,
+            lr_decay_iters=5000,
+            beta2=0.99,
+            eval_interval=250,
+            eval_iters=200,
+            log_interval=10,
+        ),
     ),
 }
 
 
 def register(commands) -> None:
     train = commands.train.add_parser(
-        "gpt", help="train a character-level GPT (nanoGPT) on a text corpus",
+        "gpt",
+        help="train a character-level GPT (nanoGPT) on a text corpus",
         description="Train a character-level GPT. Any model or training field is a flag.",
     )
-    train.add_argument("--preset", choices=sorted(PRESETS), default="baby",
-                       help="named config (default baby: the nanoGPT CPU config)")
-    train.add_argument("--data", default="shakespeare",
-                       help="shakespeare | milton | sonnets | tinyshakespeare | PATH to a UTF-8 "
-                            "text file (default shakespeare, shipped with the package)")
-    train.add_argument("--out", type=Path, default=None,
-                       help="run directory (default runs/gpt-PRESET)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last checkpoint")
+    train.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="baby",
+        help="named config (default baby: the nanoGPT CPU config)",
+    )
+    train.add_argument(
+        "--data",
+        default="shakespeare",
+        help="shakespeare | milton | sonnets | tinyshakespeare | PATH to a UTF-8 "
+        "text file (default shakespeare, shipped with the package)",
+    )
+    train.add_argument(
+        "--out", type=Path, default=None, help="run directory (default runs/gpt-PRESET)"
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_flags(train, GPTConfig, exclude=("vocab_size",), title="model")
     add_dataclass_flags(train, TrainConfig, title="training")
     train.set_defaults(func=train_gpt)
 
     sample = commands.sample.add_parser(
-        "gpt", help="generate text from a trained GPT run",
+        "gpt",
+        help="generate text from a trained GPT run",
         description="Generate text from a trained GPT; the text streams as it is generated.",
     )
     sample.add_argument("--run", type=Path, required=True, help="run directory")
@@ -64,10 +93,15 @@ def register(commands) -> None:
     sample.add_argument("--num-samples", type=int, default=1)
     sample.add_argument("--no-cache", action="store_true", help="recompute the context every step")
     sample.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    sample.add_argument("--adapter", type=Path, default=None,
-                        help="a LoRA/QLoRA adapter directory (tinygen finetune gpt --out)")
-    sample.add_argument("--merge", action="store_true",
-                        help="merge the adapter into the weights before sampling")
+    sample.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        help="a LoRA/QLoRA adapter directory (tinygen finetune gpt --out)",
+    )
+    sample.add_argument(
+        "--merge", action="store_true", help="merge the adapter into the weights before sampling"
+    )
     sample.add_argument("--device", default="auto")
     sample.set_defaults(func=sample_gpt)
 
@@ -108,21 +142,35 @@ def train_gpt(args: argparse.Namespace) -> int:
     }
     if args.resume:
         _check_resume_matches(out, run_config)
-    trainer = Trainer(task, train_config, out, run_config=run_config, resume=args.resume,
-                      progress=not args.no_progress)
+    trainer = Trainer(
+        task,
+        train_config,
+        out,
+        run_config=run_config,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     if trainer.dist.is_main:
         tokenizer.save(out)
-        print(f"GPT with {model.num_params() / 1e6:.2f}M parameters, vocabulary "
-              f"{tokenizer.vocab_size}, {len(train_ids):,} training tokens -> {out}",
-              file=sys.stderr)
+        print(
+            f"GPT with {model.num_params() / 1e6:.2f}M parameters, vocabulary "
+            f"{tokenizer.vocab_size}, {len(train_ids):,} training tokens -> {out}",
+            file=sys.stderr,
+        )
     result = trainer.fit()
     if result.interrupted:
-        print(f"interrupted at step {result.step}; checkpoint saved in {out}. Continue with "
-              "the same command plus --resume", file=sys.stderr)
+        print(
+            f"interrupted at step {result.step}; checkpoint saved in {out}. Continue with "
+            "the same command plus --resume",
+            file=sys.stderr,
+        )
         return 130
     if trainer.dist.is_main:
-        print(f"done: step {result.step}, best val loss {result.best_val_loss:.4f}; sample "
-              f"with: tinygen sample gpt --run {out}", file=sys.stderr)
+        print(
+            f"done: step {result.step}, best val loss {result.best_val_loss:.4f}; sample "
+            f"with: tinygen sample gpt --run {out}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -165,9 +213,15 @@ def sample_gpt(args: argparse.Namespace) -> int:
         if i:
             sys.stdout.write("\n---------------\n")
         sys.stdout.write(args.prompt)
-        for token in model.stream(prompt, args.max_new_tokens, temperature=args.temperature,
-                                  top_k=args.top_k, top_p=args.top_p,
-                                  use_cache=not args.no_cache, generator=generator):
+        for token in model.stream(
+            prompt,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            use_cache=not args.no_cache,
+            generator=generator,
+        ):
             sys.stdout.write(tokenizer.decode(token[0]))
             sys.stdout.flush()
         sys.stdout.write("\n")

@@ -54,8 +54,9 @@ class CaptionTokenizer:
         self.context_length = context_length
 
     @classmethod
-    def from_captions(cls, captions: Iterable[str], *, context_length: int | None = None
-                      ) -> CaptionTokenizer:
+    def from_captions(
+        cls, captions: Iterable[str], *, context_length: int | None = None
+    ) -> CaptionTokenizer:
         """Build the vocabulary from training captions. Without `context_length`, it is
         the longest caption plus `<sot>`/`<eot>`."""
         words: set[str] = set()
@@ -103,8 +104,11 @@ class CaptionTokenizer:
         return " ".join(self.words[i] for i in ids if i not in (PAD_ID, SOT_ID, EOT_ID))
 
     def to_dict(self) -> dict:
-        return {"type": self.kind, "words": self.words[len(SPECIALS):],
-                "context_length": self.context_length}
+        return {
+            "type": self.kind,
+            "words": self.words[len(SPECIALS) :],
+            "context_length": self.context_length,
+        }
 
     def save(self, run_dir: str | Path) -> None:
         from tinygen.train.checkpoint import write_json
@@ -117,8 +121,10 @@ def load_caption_tokenizer(run_dir: str | Path):
     word-piece tokenizer when the run used `--text-tower minilm`."""
     path = Path(run_dir) / TOKENIZER_FILE
     if not path.is_file():
-        raise TinygenError(f"{path} is missing; the run has no caption vocabulary (was it "
-                           "trained with `tinygen train clip`?)")
+        raise TinygenError(
+            f"{path} is missing; the run has no caption vocabulary (was it "
+            "trained with `tinygen train clip`?)"
+        )
     try:
         data = json.loads(path.read_text())
         kind = data["type"]

@@ -63,7 +63,7 @@ def _read_jsonl(root: Path) -> list[tuple[Path, str]]:
             file, caption = row["file"], row["caption"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise TinygenError(
-                f"{path} line {number} is not a JSON object with \"file\" and \"caption\" "
+                f'{path} line {number} is not a JSON object with "file" and "caption" '
                 f"({e.__class__.__name__}); write lines like "
                 '{"file": "cat.jpg", "caption": "a cat"}'
             ) from e
@@ -107,8 +107,10 @@ class ImageFolderDataset:
     def __init__(self, root: str | Path, *, image_size: int = 32) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise TinygenError(f"image folder {self.root} does not exist; pass --data of a "
-                               "folder of images with captions")
+            raise TinygenError(
+                f"image folder {self.root} does not exist; pass --data of a "
+                "folder of images with captions"
+            )
         if image_size <= 0:
             raise TinygenError(f"image_size must be positive, got {image_size}")
         if (self.root / CAPTIONS_FILE).is_file():
@@ -136,8 +138,9 @@ class ImageFolderDataset:
         return self.images[idx], [self.captions[i] for i in idx.tolist()]
 
 
-def save_image_grid(images: Tensor, path: str | Path, *, nrow: int | None = None,
-                    scale: int = 1, padding: int = 2) -> Path:
+def save_image_grid(
+    images: Tensor, path: str | Path, *, nrow: int | None = None, scale: int = 1, padding: int = 2
+) -> Path:
     """Write images (N, 3, H, W) in [-1, 1] as one PNG grid (`nrow` per row, default
     about square), each image magnified `scale` times with nearest-neighbour pixels."""
     from PIL import Image
@@ -148,8 +151,9 @@ def save_image_grid(images: Tensor, path: str | Path, *, nrow: int | None = None
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    grid = torch.zeros(3, rows * (h + padding) + padding, nrow * (w + padding) + padding,
-                       dtype=torch.uint8)
+    grid = torch.zeros(
+        3, rows * (h + padding) + padding, nrow * (w + padding) + padding, dtype=torch.uint8
+    )
     for i in range(n):
         r, c = divmod(i, nrow)
         top, left = padding + r * (h + padding), padding + c * (w + padding)

@@ -42,28 +42,59 @@ from tinygen.data.shapes_prompts import (
 from tinygen.errors import TinygenError
 
 __all__ = [
-    "ATTRIBUTES", "COLORS", "HELDOUT_COMBOS", "POSITIONS", "RELATIONS", "SHAPES", "SIZES",
-    "SPLITS", "ShapesBatch", "ShapesDataset", "canonical_pair_prompt", "canonical_prompt",
-    "combo_index", "combo_name", "generate_shapes", "parse_prompt", "shapes_stream",
+    "ATTRIBUTES",
+    "COLORS",
+    "HELDOUT_COMBOS",
+    "POSITIONS",
+    "RELATIONS",
+    "SHAPES",
+    "SIZES",
+    "SPLITS",
+    "ShapesBatch",
+    "ShapesDataset",
+    "canonical_pair_prompt",
+    "canonical_prompt",
+    "combo_index",
+    "combo_name",
+    "generate_shapes",
+    "parse_prompt",
+    "shapes_stream",
 ]
 
 SPLITS = ("train", "val", "test", "heldout", "evaluator")
 
 # Hue in degrees of each colour; white is drawn desaturated. Gaps between neighbouring
 # hues are >= 28 degrees, so a jitter of HUE_JITTER keeps every colour clearly named.
-HUES = {"red": 0.0, "orange": 30.0, "yellow": 58.0, "green": 120.0, "cyan": 183.0,
-        "blue": 232.0, "purple": 282.0, "white": 0.0}
+HUES = {
+    "red": 0.0,
+    "orange": 30.0,
+    "yellow": 58.0,
+    "green": 120.0,
+    "cyan": 183.0,
+    "blue": 232.0,
+    "purple": 282.0,
+    "white": 0.0,
+}
 HUE_JITTER = 6.0
 # Object centres in image widths (x, y); jitter keeps positions clearly distinguishable.
-CENTRES = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28),
-           "bottom": (0.5, 0.72), "centre": (0.5, 0.5)}
+CENTRES = {
+    "left": (0.28, 0.5),
+    "right": (0.72, 0.5),
+    "top": (0.5, 0.28),
+    "bottom": (0.5, 0.72),
+    "centre": (0.5, 0.5),
+}
 POSITION_JITTER = 0.03
 RADII = {"small": 0.12, "large": 0.21}  # object radius in image widths
 SIZE_JITTER = 0.06  # relative
 # Two-object scenes: smaller objects and less jitter so that two large ones never touch.
 PAIR_SCALE, PAIR_JITTER = 0.85, 0.015
-PAIR_POSITIONS = {"left of": ("left", "right"), "right of": ("right", "left"),
-                  "above": ("top", "bottom"), "below": ("bottom", "top")}
+PAIR_POSITIONS = {
+    "left of": ("left", "right"),
+    "right of": ("right", "left"),
+    "above": ("top", "bottom"),
+    "below": ("bottom", "top"),
+}
 
 
 @dataclass
@@ -164,7 +195,11 @@ def _geometry(
 
 
 def generate_shapes(
-    n: int, *, split: str = "train", seed: int = 0, image_size: int = 32,
+    n: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    image_size: int = 32,
     two_objects: bool = False,
 ) -> ShapesBatch:
     """Draw `n` captioned images of the shapes world, deterministic per (seed, split).
@@ -199,13 +234,15 @@ def generate_shapes(
         slot = torch.tensor([allowed.index(int(c)) for c in combo])
         offset = torch.randint(1, len(allowed), (n,), generator=gen)
         combo2 = torch.tensor(allowed)[(slot + offset) % len(allowed)]
-        labels.update({
-            "shape2": combo2 % len(SHAPES),
-            "color2": combo2 // len(SHAPES),
-            "size2": torch.randint(len(SIZES), (n,), generator=gen),
-            "position2": torch.tensor([POSITIONS.index(b) for _, b in where]),
-            "relation": relation,
-        })
+        labels.update(
+            {
+                "shape2": combo2 % len(SHAPES),
+                "color2": combo2 // len(SHAPES),
+                "size2": torch.randint(len(SIZES), (n,), generator=gen),
+                "position2": torch.tensor([POSITIONS.index(b) for _, b in where]),
+                "relation": relation,
+            }
+        )
         c1, r1 = _geometry(labels["size"], labels["position"], gen, PAIR_SCALE, PAIR_JITTER)
         c2, r2 = _geometry(labels["size2"], labels["position2"], gen, PAIR_SCALE, PAIR_JITTER)
         centres, radii = torch.stack([c1, c2], 1), torch.stack([r1, r2], 1)
@@ -245,7 +282,12 @@ class ShapesDataset:
     """
 
     def __init__(
-        self, n: int, *, split: str = "train", seed: int = 0, image_size: int = 32,
+        self,
+        n: int,
+        *,
+        split: str = "train",
+        seed: int = 0,
+        image_size: int = 32,
         two_objects: bool = False,
     ) -> None:
         self.batch = generate_shapes(
@@ -275,15 +317,23 @@ class ShapesDataset:
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
-        item = {"image": self.batch.images[i], "caption": self.batch.captions[i],
-                "prompt": self.batch.prompts[i]}
+        item = {
+            "image": self.batch.images[i],
+            "caption": self.batch.captions[i],
+            "prompt": self.batch.prompts[i],
+        }
         item.update({k: int(v[i]) for k, v in self.batch.labels.items()})
         return item
 
 
 def shapes_stream(
-    batch_size: int, *, split: str = "train", generator: torch.Generator | None = None,
-    seed: int | None = None, image_size: int = 32, two_objects: bool = False,
+    batch_size: int,
+    *,
+    split: str = "train",
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    image_size: int = 32,
+    two_objects: bool = False,
 ) -> Iterator[ShapesBatch]:
     """An endless stream of fresh batches. Each batch is `generate_shapes` with a seed
     drawn from `generator` (or from a generator seeded with `seed`, default 0), so a saved
@@ -295,6 +345,9 @@ def shapes_stream(
     while True:
         batch_seed = int(torch.randint(2**60, (1,), generator=generator))
         yield generate_shapes(
-            batch_size, split=split, seed=batch_seed, image_size=image_size,
+            batch_size,
+            split=split,
+            seed=batch_seed,
+            image_size=image_size,
             two_objects=two_objects,
         )

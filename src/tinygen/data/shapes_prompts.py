@@ -30,10 +30,19 @@ HELDOUT_COMBOS: tuple[tuple[str, str], ...] = (
     ("cyan", "diamond"),
 )
 
-POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
-                    "bottom": "at the bottom", "centre": "in the centre"}
-RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of",
-                    "above": "above", "below": "below"}
+POSITION_PHRASES = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "centre": "in the centre",
+}
+RELATION_PHRASES = {
+    "left of": "to the left of",
+    "right of": "to the right of",
+    "above": "above",
+    "below": "below",
+}
 
 SINGLE_TEMPLATES = (
     "a {size} {color} {shape} {where}",
@@ -49,8 +58,21 @@ PAIR_TEMPLATES = (
     "{size} {color} {shape} {relation} {size2} {color2} {shape2}",
 )
 
-_FILLER = {"a", "an", "the", "on", "at", "in", "there", "is", "picture", "of", "image",
-           "photo", "with"}
+_FILLER = {
+    "a",
+    "an",
+    "the",
+    "on",
+    "at",
+    "in",
+    "there",
+    "is",
+    "picture",
+    "of",
+    "image",
+    "photo",
+    "with",
+}
 _SYNONYMS = {"center": "centre", "middle": "centre"}
 _WORDS = {w: attr for attr, values in ATTRIBUTES.items() for w in values}
 
@@ -110,8 +132,12 @@ def caption_pair(
     text = PAIR_TEMPLATES[template % len(PAIR_TEMPLATES)]
     return text.format(
         relation=RELATION_PHRASES[relation],
-        size=first["size"], color=first["color"], shape=first["shape"],
-        size2=second["size"], color2=second["color"], shape2=second["shape"],
+        size=first["size"],
+        color=first["color"],
+        shape=first["shape"],
+        size2=second["size"],
+        color2=second["color"],
+        shape2=second["shape"],
     )
 
 

@@ -18,8 +18,9 @@ def encode_corpus(text: str, tokenizer: CharTokenizer) -> Tensor:
     """Encode a whole corpus to a 1-D int64 tensor, vectorised through a lookup table
     (a Python loop over a megabyte of characters would take a second)."""
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    table = np.full(max(max(map(ord, tokenizer.chars)), int(codes.max(initial=0))) + 1, -1,
-                    dtype=np.int64)
+    table = np.full(
+        max(max(map(ord, tokenizer.chars)), int(codes.max(initial=0))) + 1, -1, dtype=np.int64
+    )
     for i, ch in enumerate(tokenizer.chars):
         table[ord(ch)] = i
     ids = table[codes]
@@ -46,7 +47,9 @@ class TextTask:
         self.items_per_sample = block_size
         self._offsets = torch.arange(block_size + 1)
 
-    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def get_batch(
+        self, split: str, batch_size: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         data = self.data[split]
         starts = torch.randint(len(data) - self.block_size - 1, (batch_size,), generator=generator)
         windows = data[starts[:, None] + self._offsets]  # (B, block_size + 1)

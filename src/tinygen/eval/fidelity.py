@@ -99,8 +99,9 @@ def prompt_fidelity(images: Tensor, prompts: list[str], *, evaluator=None) -> di
     """
     _check_images(images)
     if len(prompts) != images.shape[0]:
-        raise TinygenError(f"got {images.shape[0]} images but {len(prompts)} prompts; pass "
-                           "one prompt per image")
+        raise TinygenError(
+            f"got {images.shape[0]} images but {len(prompts)} prompts; pass one prompt per image"
+        )
     wanted = [parse_prompt(p) for p in prompts]
     for text, attrs in zip(prompts, wanted):
         if "relation" in attrs:
@@ -128,8 +129,9 @@ def evaluator_features(images: Tensor, evaluator, batch_size: int = 512) -> Tens
     """Penultimate evaluator features (N, feature_dim) as float64 on the CPU."""
     device = next(evaluator.parameters()).device
     evaluator.eval()
-    parts = [evaluator.features(x.to(device).float()).double().cpu()
-             for x in images.split(batch_size)]
+    parts = [
+        evaluator.features(x.to(device).float()).double().cpu() for x in images.split(batch_size)
+    ]
     return torch.cat(parts)
 
 
@@ -142,8 +144,9 @@ def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     float64 suffice (no general matrix square root)."""
     a, b = features_a.double(), features_b.double()
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise TinygenError(f"feature sets must be (N, D) with equal D, got {tuple(a.shape)} "
-                           f"and {tuple(b.shape)}")
+        raise TinygenError(
+            f"feature sets must be (N, D) with equal D, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise TinygenError("the Fréchet distance needs at least 2 samples per set")
     mu_a, mu_b = a.mean(0), b.mean(0)
@@ -164,5 +167,6 @@ def feature_distance(images_a: Tensor, images_b: Tensor, *, evaluator=None) -> f
     _check_images(images_a, "images_a")
     _check_images(images_b, "images_b")
     evaluator = evaluator if evaluator is not None else load_evaluator()
-    return frechet_distance(evaluator_features(images_a, evaluator),
-                            evaluator_features(images_b, evaluator))
+    return frechet_distance(
+        evaluator_features(images_a, evaluator), evaluator_features(images_b, evaluator)
+    )

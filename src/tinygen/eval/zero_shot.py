@@ -24,16 +24,24 @@ def _fill(template: Template, classname: str) -> str:
 
 
 @torch.no_grad()
-def zero_shot_classifier(model, classnames: Sequence[str], templates: Sequence[Template],
-                         *, tokenizer, batch_size: int = 256) -> Tensor:
+def zero_shot_classifier(
+    model,
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    *,
+    tokenizer,
+    batch_size: int = 256,
+) -> Tensor:
     """(C, D) class weights: for each class, the text embeddings of every template filled
     with the class name, normalised, averaged, and renormalised (CLIP's prompt ensembling).
 
     templates: format strings with one `{}` ("a photo of a {}.") or callables name -> text.
     """
     if not classnames:
-        raise TinygenError("zero-shot classification needs at least one class name; "
-                           "pass --labels \"red circle,blue square\"")
+        raise TinygenError(
+            "zero-shot classification needs at least one class name; "
+            'pass --labels "red circle,blue square"'
+        )
     if not templates:
         raise TinygenError("zero-shot classification needs at least one template, e.g. '{}'")
     texts = [_fill(t, name) for name in classnames for t in templates]
@@ -50,8 +58,10 @@ def zero_shot_classifier(model, classnames: Sequence[str], templates: Sequence[T
 def encode_images(model, images: Tensor, *, batch_size: int = 256) -> Tensor:
     """(N, D) unit-norm image embeddings, computed in batches on the model's device."""
     device = next(model.parameters()).device
-    out = [F.normalize(model.encode_image(images[i : i + batch_size].to(device)).float(), dim=-1)
-           for i in range(0, len(images), batch_size)]
+    out = [
+        F.normalize(model.encode_image(images[i : i + batch_size].to(device)).float(), dim=-1)
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out)
 
 
@@ -71,8 +81,13 @@ def _ranks(similarity: Tensor, same: Tensor | None = None) -> Tensor:
     return ((similarity > best) & ~same).sum(dim=1) + 1
 
 
-def retrieval_metrics(image_emb: Tensor, text_emb: Tensor, *, ks: Sequence[int] = (1, 5, 10),
-                      groups: Tensor | None = None) -> dict[str, float]:
+def retrieval_metrics(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    groups: Tensor | None = None,
+) -> dict[str, float]:
     """Recall@k and median rank in both directions for N pairs (image i matches text i).
 
     image_to_text_recall@k: the fraction of images whose own text is among the k most
@@ -83,8 +98,10 @@ def retrieval_metrics(image_emb: Tensor, text_emb: Tensor, *, ks: Sequence[int] 
     which of two "a large red circle on the left" images a caption was written for).
     """
     if image_emb.dim() != 2 or image_emb.shape != text_emb.shape:
-        raise TinygenError(f"retrieval needs (N, D) image and text embeddings of the same "
-                           f"shape, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+        raise TinygenError(
+            f"retrieval needs (N, D) image and text embeddings of the same "
+            f"shape, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
     similarity = F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
     same = None
     if groups is not None:

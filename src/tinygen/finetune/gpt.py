@@ -38,8 +38,10 @@ class FinetuneConfig:
     r: int = field(default=8, metadata={"help": "LoRA rank"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scaling alpha / r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-    targets: str = field(default="qkv_proj,out_proj,fc,proj",
-                         metadata={"help": "comma-separated layer names, or all-linear"})
+    targets: str = field(
+        default="qkv_proj,out_proj,fc,proj",
+        metadata={"help": "comma-separated layer names, or all-linear"},
+    )
     double_quant: bool = field(default=True, metadata={"help": "qlora: 8-bit NF4 constants"})
     blocksize: int = field(default=64, metadata={"help": "qlora: NF4 block size"})
     data: str = field(default="milton", metadata={"help": "milton | sonnets | shakespeare | PATH"})
@@ -60,8 +62,11 @@ class FinetuneConfig:
         return self.method
 
     def target_list(self) -> str | list[str]:
-        return "all-linear" if self.targets == "all-linear" else [
-            t.strip() for t in self.targets.split(",") if t.strip()]
+        return (
+            "all-linear"
+            if self.targets == "all-linear"
+            else [t.strip() for t in self.targets.split(",") if t.strip()]
+        )
 
 
 # Short fine-tunes from a pretrained baby GPT: adapters take a larger step than full weights.
@@ -70,8 +75,16 @@ DEFAULT_LR = {"full": 3e-4, "lora": 2e-3, "qlora": 2e-3}
 
 def default_train_config(method: str) -> TrainConfig:
     lr = DEFAULT_LR[method]
-    return TrainConfig(max_iters=500, batch_size=12, learning_rate=lr, min_lr=lr / 10,
-                       warmup_iters=20, eval_interval=100, eval_iters=20, log_interval=10)
+    return TrainConfig(
+        max_iters=500,
+        batch_size=12,
+        learning_rate=lr,
+        min_lr=lr / 10,
+        warmup_iters=20,
+        eval_interval=100,
+        eval_iters=20,
+        log_interval=10,
+    )
 
 
 def keep_known_characters(text: str, chars: list[str]) -> tuple[str, dict[str, int]]:
@@ -128,12 +141,14 @@ class FinetuneResult:
 
     def summary(self) -> str:
         size = f", adapter {self.adapter_bytes / 1024:.1f} KiB" if self.adapter_bytes else ""
-        return (f"{self.method}: val loss {self.val_loss_before:.4f} -> {self.val_loss_after:.4f} "
-                f"(improvement {self.improvement:.4f}); trainable {self.trainable:,} of "
-                f"{self.total:,} ({100 * self.trainable / self.total:.2f}%); peak memory "
-                f"{self.peak_memory_bytes / 2**20:.0f} MiB (weights+grads+AdamW estimate "
-                f"{self.estimated_bytes / 2**20:.1f} MiB); {self.train_seconds:.1f} s for "
-                f"{self.steps} steps{size}")
+        return (
+            f"{self.method}: val loss {self.val_loss_before:.4f} -> {self.val_loss_after:.4f} "
+            f"(improvement {self.improvement:.4f}); trainable {self.trainable:,} of "
+            f"{self.total:,} ({100 * self.trainable / self.total:.2f}%); peak memory "
+            f"{self.peak_memory_bytes / 2**20:.0f} MiB (weights+grads+AdamW estimate "
+            f"{self.estimated_bytes / 2**20:.1f} MiB); {self.train_seconds:.1f} s for "
+            f"{self.steps} steps{size}"
+        )
 
 
 def finetune_gpt(
@@ -167,8 +182,11 @@ def finetune_gpt(
     text, dropped = keep_known_characters(load_corpus(ft.data), tokenizer.chars)
     if dropped:
         shown = ", ".join(f"{c!r} x{n}" for c, n in sorted(dropped.items())[:10])
-        warnings.warn(f"dropped {sum(dropped.values())} characters of {ft.data} that the base "
-                      f"vocabulary lacks: {shown}", stacklevel=2)
+        warnings.warn(
+            f"dropped {sum(dropped.values())} characters of {ft.data} that the base "
+            f"vocabulary lacks: {shown}",
+            stacklevel=2,
+        )
     train_text, val_text = split_train_val(text)
     train_ids, val_ids = encode_corpus(train_text, tokenizer), encode_corpus(val_text, tokenizer)
     device = resolve_device(train.device)
@@ -178,11 +196,17 @@ def finetune_gpt(
     eval_task = TextTask(model, train_ids, val_ids, block_size)
     before = fixed_val_loss(model, eval_task, ft.eval_batches, train.batch_size)
 
-    record = {"model_type": "gpt" if ft.method == "full" else "lora-adapter",
-              "model": dataclasses.asdict(model.config),
-              "data": {"corpus": ft.data, "characters": len(text),
-                       "dropped_characters": sum(dropped.values()), "val_fraction": 0.1},
-              "finetune": {**dataclasses.asdict(ft), "base_run": str(base_run)}}
+    record = {
+        "model_type": "gpt" if ft.method == "full" else "lora-adapter",
+        "model": dataclasses.asdict(model.config),
+        "data": {
+            "corpus": ft.data,
+            "characters": len(text),
+            "dropped_characters": sum(dropped.values()),
+            "val_fraction": 0.1,
+        },
+        "finetune": {**dataclasses.asdict(ft), "base_run": str(base_run)},
+    }
     if ft.method == "full":
         model.requires_grad_(True)
         trained: nn.Module = model
@@ -190,8 +214,14 @@ def finetune_gpt(
     else:
         if ft.method == "qlora":
             quantize_model(model, blocksize=ft.blocksize, double_quant=ft.double_quant)
-        apply_lora(model, ft.target_list(), r=ft.r, alpha=ft.alpha, dropout=ft.lora_dropout,
-                   seed=train.seed)
+        apply_lora(
+            model,
+            ft.target_list(),
+            r=ft.r,
+            alpha=ft.alpha,
+            dropout=ft.lora_dropout,
+            seed=train.seed,
+        )
         trained = TrainableView(model)
         estimate = training_bytes(inventory, ft.label, ft.target_list(), ft.r, base_bytes=4)
     trainable, total = count_parameters(model)
@@ -200,8 +230,11 @@ def finetune_gpt(
     if ft.method == "full":
         tokenizer.save(out_dir)
     if progress:
-        print(f"{ft.label}: {trainable:,} of {total:,} parameters trainable, "
-              f"{len(train_ids):,} training characters of {ft.data} -> {out_dir}", file=sys.stderr)
+        print(
+            f"{ft.label}: {trainable:,} of {total:,} parameters trainable, "
+            f"{len(train_ids):,} training characters of {ft.data} -> {out_dir}",
+            file=sys.stderr,
+        )
     start = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - start
@@ -213,10 +246,20 @@ def finetune_gpt(
     if ft.method != "full":
         save_adapter(model, out_dir, base_model_name_or_path=str(base_run))
         adapter_bytes = (out_dir / "adapter_model.safetensors").stat().st_size
-    outcome = FinetuneResult(ft.label, before, after, trainable, total, peak_memory_bytes(device),
-                             sum(estimate.values()), seconds, result.step, str(out_dir),
-                             adapter_bytes)
-    ckpt.write_json(out_dir / RESULT_FILE, {**dataclasses.asdict(outcome),
-                                            "improvement": outcome.improvement})
+    outcome = FinetuneResult(
+        ft.label,
+        before,
+        after,
+        trainable,
+        total,
+        peak_memory_bytes(device),
+        sum(estimate.values()),
+        seconds,
+        result.step,
+        str(out_dir),
+        adapter_bytes,
+    )
+    ckpt.write_json(
+        out_dir / RESULT_FILE, {**dataclasses.asdict(outcome), "improvement": outcome.improvement}
+    )
     return outcome
-

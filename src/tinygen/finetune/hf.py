@@ -52,10 +52,12 @@ class HFFinetuneResult:
     out_dir: str
 
     def summary(self) -> str:
-        return (f"{self.method}: val loss {self.val_loss_before:.4f} -> {self.val_loss_after:.4f};"
-                f" trainable {self.trainable:,} of {self.total:,} "
-                f"({100 * self.trainable / self.total:.3f}%); peak memory "
-                f"{self.peak_memory_bytes / 2**20:.0f} MiB; adapter in {self.out_dir}")
+        return (
+            f"{self.method}: val loss {self.val_loss_before:.4f} -> {self.val_loss_after:.4f};"
+            f" trainable {self.trainable:,} of {self.total:,} "
+            f"({100 * self.trainable / self.total:.3f}%); peak memory "
+            f"{self.peak_memory_bytes / 2**20:.0f} MiB; adapter in {self.out_dir}"
+        )
 
 
 def _import_hf():
@@ -63,8 +65,9 @@ def _import_hf():
         import peft
         import transformers
     except ImportError as e:
-        raise TinygenError("the Hugging Face path needs transformers and peft: "
-                           "pip install 'tinygen[hf]'") from e
+        raise TinygenError(
+            "the Hugging Face path needs transformers and peft: pip install 'tinygen[hf]'"
+        ) from e
     return transformers, peft
 
 
@@ -73,8 +76,16 @@ def load_hf_model(name: str, method: str, device: torch.device):
     transformers, _ = _import_hf()
     kwargs: dict = {}
     if method == "qlora" and device.type == "cuda":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise TinygenError(
+                "QLoRA on CUDA loads the base through bitsandbytes: pip install bitsandbytes"
+            ) from e
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["device_map"] = {"": device.index or 0}
@@ -83,13 +94,23 @@ def load_hf_model(name: str, method: str, device: torch.device):
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     except OSError as e:
-        raise TinygenError(f"cannot load Hugging Face model {name!r} ({e}); pass a local "
-                           "directory or a hub name you have access to") from e
+        raise TinygenError(
+            f"cannot load Hugging Face model {name!r} ({e}); pass a local "
+            "directory or a hub name you have access to"
+        ) from e
     return model, tokenizer
 
 
-def attach_adapter(model: nn.Module, method: str, device: torch.device, targets, r: int,
-                   alpha: float, dropout: float, seed: int) -> nn.Module:
+def attach_adapter(
+    model: nn.Module,
+    method: str,
+    device: torch.device,
+    targets,
+    r: int,
+    alpha: float,
+    dropout: float,
+    seed: int,
+) -> nn.Module:
     """PEFT LoRA (lora, and qlora on CUDA) or tinygen's NF4 + LoRA (qlora on CPU)."""
     _, peft = _import_hf()
     if method == "qlora" and device.type != "cuda":
@@ -97,15 +118,18 @@ def attach_adapter(model: nn.Module, method: str, device: torch.device, targets,
         from tinygen.finetune.nf4 import quantize_model
 
         if not quantize_model(model, skip=["lm_head"]):
-            raise TinygenError("the model has no nn.Linear layers to quantise; CPU QLoRA "
-                               "supports models built from nn.Linear (LLaMA, Mistral, Qwen...)")
+            raise TinygenError(
+                "the model has no nn.Linear layers to quantise; CPU QLoRA "
+                "supports models built from nn.Linear (LLaMA, Mistral, Qwen...)"
+            )
         apply_lora(model, targets, r=r, alpha=alpha, dropout=dropout, seed=seed)
         return model
     if method == "qlora":
         model = peft.prepare_model_for_kbit_training(model)
     torch.manual_seed(seed)
-    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                             target_modules=targets, task_type="CAUSAL_LM")
+    config = peft.LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
     return peft.get_peft_model(model, config)
 
 
@@ -135,40 +159,70 @@ def finetune_hf(
 
     if method not in ("lora", "qlora"):
         raise TinygenError(f"unknown --method {method!r} for hf; choose lora or qlora")
-    train = train or TrainConfig(max_iters=200, batch_size=4, learning_rate=2e-4,
-                                 warmup_iters=10, eval_interval=50, eval_iters=10)
+    train = train or TrainConfig(
+        max_iters=200,
+        batch_size=4,
+        learning_rate=2e-4,
+        warmup_iters=10,
+        eval_interval=50,
+        eval_iters=10,
+    )
     device = resolve_device(train.device)
     out_dir = Path(out_dir)
     model, tokenizer = load_hf_model(model_name, method, device)
     if method == "lora" or device.type != "cuda":
         model = model.to(device)
     train_text, val_text = split_train_val(read_text_file(data_path))
-    ids = {s: torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long)
-           for s, t in (("train", train_text), ("val", val_text))}
+    ids = {
+        s: torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        for s, t in (("train", train_text), ("val", val_text))
+    }
     eval_task = HFTextTask(model, ids["train"], ids["val"], block_size)
     before = fixed_val_loss(model, eval_task, eval_batches, train.batch_size)
     model = attach_adapter(model, method, device, targets, r, alpha, dropout, train.seed)
     trainable, total = count_parameters(model)
     view = TrainableView(model)
-    record = {"model_type": "hf-lora-adapter", "hf_model": model_name,
-              "finetune": {"method": method, "r": r, "alpha": alpha, "dropout": dropout,
-                           "targets": targets, "block_size": block_size, "data": str(data_path)}}
+    record = {
+        "model_type": "hf-lora-adapter",
+        "hf_model": model_name,
+        "finetune": {
+            "method": method,
+            "r": r,
+            "alpha": alpha,
+            "dropout": dropout,
+            "targets": targets,
+            "block_size": block_size,
+            "data": str(data_path),
+        },
+    }
     if progress:
-        print(f"{method} on {model_name}: {trainable:,} of {total:,} parameters trainable "
-              f"({100 * trainable / total:.3f}%), {len(ids['train']):,} training tokens",
-              file=sys.stderr)
-    result = Trainer(HFTextTask(view, ids["train"], ids["val"], block_size), train, out_dir,
-                     run_config=record, progress=progress).fit()
+        print(
+            f"{method} on {model_name}: {trainable:,} of {total:,} parameters trainable "
+            f"({100 * trainable / total:.3f}%), {len(ids['train']):,} training tokens",
+            file=sys.stderr,
+        )
+    result = Trainer(
+        HFTextTask(view, ids["train"], ids["val"], block_size),
+        train,
+        out_dir,
+        run_config=record,
+        progress=progress,
+    ).fit()
     if result.interrupted:
         raise KeyboardInterrupt
     ckpt.load_weights(view, out_dir / ckpt.BEST_FILE)
-    after = fixed_val_loss(model, HFTextTask(model, ids["train"], ids["val"], block_size),
-                           eval_batches, train.batch_size)
+    after = fixed_val_loss(
+        model,
+        HFTextTask(model, ids["train"], ids["val"], block_size),
+        eval_batches,
+        train.batch_size,
+    )
     if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
         model.save_pretrained(out_dir)
     else:
         save_adapter(model, out_dir, base_model_name_or_path=model_name)
-    outcome = HFFinetuneResult(method, before, after, trainable, total,
-                               peak_memory_bytes(device), str(out_dir))
+    outcome = HFFinetuneResult(
+        method, before, after, trainable, total, peak_memory_bytes(device), str(out_dir)
+    )
     ckpt.write_json(out_dir / "finetune_result.json", dataclasses.asdict(outcome))
     return outcome

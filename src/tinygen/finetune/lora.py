@@ -128,8 +128,10 @@ class LoRAReport:
         return self.trainable / self.total
 
     def __str__(self) -> str:
-        return (f"LoRA on {len(self.wrapped)} layers: trainable params {self.trainable:,} of "
-                f"{self.total:,} ({100 * self.trainable_share:.3f}%)")
+        return (
+            f"LoRA on {len(self.wrapped)} layers: trainable params {self.trainable:,} of "
+            f"{self.total:,} ({100 * self.trainable_share:.3f}%)"
+        )
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -160,24 +162,34 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
 
     if target_modules == "all-linear":
         excluded = _tied_linear_names(model)
-        return [n for n, m in model.named_modules() if _is_linear(m)
-                and n not in excluded and n.rpartition(".")[2] not in ("lm_head", "output")]
+        return [
+            n
+            for n, m in model.named_modules()
+            if _is_linear(m)
+            and n not in excluded
+            and n.rpartition(".")[2] not in ("lm_head", "output")
+        ]
     if not target_modules:
         raise TinygenError("no LoRA target modules given; pass e.g. --targets qkv_proj,out_proj")
     names = [n for n, m in model.named_modules() if matches_target(n, target_modules)]
     if isinstance(target_modules, (list, tuple)):
         missing = [t for t in target_modules if not any(matches_target(n, [t]) for n in names)]
         if missing:
-            linear = sorted({n.rpartition(".")[2] for n, m in model.named_modules()
-                             if _is_linear(m)})
-            raise TinygenError(f"LoRA target modules {missing} match no layer of the model; "
-                               f"its linear layers are named {linear}")
+            linear = sorted(
+                {n.rpartition(".")[2] for n, m in model.named_modules() if _is_linear(m)}
+            )
+            raise TinygenError(
+                f"LoRA target modules {missing} match no layer of the model; "
+                f"its linear layers are named {linear}"
+            )
     if not names:
         raise TinygenError(f"LoRA target pattern {target_modules!r} matches no module")
     not_linear = [n for n in names if not _is_linear(model.get_submodule(n))]
     if not_linear:
-        raise TinygenError(f"LoRA can only wrap linear layers, but {not_linear[:3]} are not; "
-                           "choose other --targets")
+        raise TinygenError(
+            f"LoRA can only wrap linear layers, but {not_linear[:3]} are not; "
+            "choose other --targets"
+        )
     return names
 
 
@@ -206,11 +218,18 @@ def apply_lora(
         for name in names:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout,
-                                              use_rslora=use_rslora))
+            setattr(
+                parent,
+                child,
+                LoRALinear(getattr(parent, child), r, alpha, dropout, use_rslora=use_rslora),
+            )
     model.lora_settings = {  # what save_adapter writes into adapter_config.json
-        "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": use_rslora,
-        "target_modules": target_modules if isinstance(target_modules, str)
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "use_rslora": use_rslora,
+        "target_modules": target_modules
+        if isinstance(target_modules, str)
         else list(target_modules),
     }
     trainable, total = count_parameters(model)
@@ -273,27 +292,46 @@ def save_adapter(
     if any(layer.merged for layer in layers.values()):
         raise TinygenError("the adapter is merged into the weights; unmerge_lora before saving")
     config = {
-        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
-        "r": settings["r"], "lora_alpha": settings["lora_alpha"],
-        "lora_dropout": settings["lora_dropout"], "use_rslora": settings["use_rslora"],
-        "target_modules": settings["target_modules"], "bias": "none", "fan_in_fan_out": False,
-        "use_dora": False, "init_lora_weights": True, "inference_mode": True,
-        "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None,
-        "rank_pattern": {}, "alpha_pattern": {},
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": settings["r"],
+        "lora_alpha": settings["lora_alpha"],
+        "lora_dropout": settings["lora_dropout"],
+        "use_rslora": settings["use_rslora"],
+        "target_modules": settings["target_modules"],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
     }
     quantized = [m for m in model.modules() if isinstance(m, Linear4bit)]
     if quantized:  # QLoRA: the adapter was trained on an NF4 base; rebuild it that way
-        config["tinygen"] = {"base_quantization": {
-            "type": "nf4", "blocksize": quantized[0].blocksize,
-            "double_quant": quantized[0].double_quant,
-            "quantized_modules": [n.removesuffix(".base_layer") for n, m in
-                                  model.named_modules() if isinstance(m, Linear4bit)],
-        }}
+        config["tinygen"] = {
+            "base_quantization": {
+                "type": "nf4",
+                "blocksize": quantized[0].blocksize,
+                "double_quant": quantized[0].double_quant,
+                "quantized_modules": [
+                    n.removesuffix(".base_layer")
+                    for n, m in model.named_modules()
+                    if isinstance(m, Linear4bit)
+                ],
+            }
+        }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = adapter_state_dict(model)
-    atomic_write(out_dir / ADAPTER_WEIGHTS_FILE,
-                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(
+        out_dir / ADAPTER_WEIGHTS_FILE,
+        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+    )
     write_json(out_dir / ADAPTER_CONFIG_FILE, config)
     return out_dir
 
@@ -309,15 +347,22 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     if config.get("peft_type", "LORA") != "LORA":
         raise TinygenError(f"{path} is a {config['peft_type']} adapter; only LoRA is supported")
     unsupported = [k for k in ("use_dora", "fan_in_fan_out") if config.get(k)]
-    unsupported += [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform",
-                                "modules_to_save") if config.get(k)]
+    unsupported += [
+        k
+        for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "modules_to_save")
+        if config.get(k)
+    ]
     if unsupported or config.get("bias", "none") != "none":
-        raise TinygenError(f"{path} uses PEFT options tinygen does not support "
-                           f"({unsupported or ['bias']}); retrain with plain LoRA")
+        raise TinygenError(
+            f"{path} uses PEFT options tinygen does not support "
+            f"({unsupported or ['bias']}); retrain with plain LoRA"
+        )
     return config
 
 
-def load_adapter(model: nn.Module, adapter_dir: str | Path, *, trainable: bool = False) -> LoRAReport:
+def load_adapter(
+    model: nn.Module, adapter_dir: str | Path, *, trainable: bool = False
+) -> LoRAReport:
     """Attach the adapter saved in `adapter_dir` (by tinygen or PEFT) to the base `model`,
     in place. A QLoRA adapter first quantises the base to NF4 as it was trained."""
     from safetensors import SafetensorError
@@ -337,23 +382,36 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, *, trainable: bool =
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         missing = sorted(set(modules or []) - set(linear))
         if missing:
-            raise TinygenError(f"the adapter in {adapter_dir} was trained on a different base "
-                               f"(it quantised {missing[:3]}, which this model lacks)")
-        skip = ["lm_head"] if modules is None else [re.escape(n) for n in linear
-                                                    if n not in modules]
-        quantize_model(model, skip=skip, blocksize=quant["blocksize"],
-                       double_quant=quant["double_quant"])
-    report = apply_lora(model, config["target_modules"], r=config["r"],
-                        alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0),
-                        use_rslora=config.get("use_rslora", False))
+            raise TinygenError(
+                f"the adapter in {adapter_dir} was trained on a different base "
+                f"(it quantised {missing[:3]}, which this model lacks)"
+            )
+        skip = (
+            ["lm_head"] if modules is None else [re.escape(n) for n in linear if n not in modules]
+        )
+        quantize_model(
+            model, skip=skip, blocksize=quant["blocksize"], double_quant=quant["double_quant"]
+        )
+    report = apply_lora(
+        model,
+        config["target_modules"],
+        r=config["r"],
+        alpha=config["lora_alpha"],
+        dropout=config.get("lora_dropout", 0.0),
+        use_rslora=config.get("use_rslora", False),
+    )
     expected = {k for k in adapter_state_dict(model)}
-    found = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
-             : v for k, v in tensors.items()}
+    found = {
+        k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
+        for k, v in tensors.items()
+    }
     if set(found) != expected:
         extra, absent = sorted(set(found) - expected), sorted(expected - set(found))
-        raise TinygenError(f"the adapter in {adapter_dir} was trained on a different base "
-                           f"model (layers only in the adapter: {extra[:3]}; layers it lacks: "
-                           f"{absent[:3]}); load it onto the model it was trained from")
+        raise TinygenError(
+            f"the adapter in {adapter_dir} was trained on a different base "
+            f"model (layers only in the adapter: {extra[:3]}; layers it lacks: "
+            f"{absent[:3]}); load it onto the model it was trained from"
+        )
     for name, layer in lora_layers(model).items():
         for part in ("lora_A", "lora_B"):
             value = found[f"{PEFT_PREFIX}{name}.{part}.weight"]

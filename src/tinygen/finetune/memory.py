@@ -25,12 +25,30 @@ from tinygen.finetune.nf4 import ABSMAX_BLOCKSIZE, Linear4bit
 
 # Published architectures (Touvron et al. 2023, table 1 / the released config.json files).
 BUILTIN_CONFIGS: dict[str, dict] = {
-    "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32),
-    "llama-2-13b": dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824,
-                        num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40),
-    "llama-2-70b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=28672,
-                        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8),
+    "llama-2-7b": dict(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
+    "llama-2-13b": dict(
+        vocab_size=32000,
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+    ),
+    "llama-2-70b": dict(
+        vocab_size=32000,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+    ),
 }
 GB = 1e9
 
@@ -87,12 +105,15 @@ def llama_inventory(name: str, config: dict) -> Inventory:
     linear = []
     for i in range(config["num_hidden_layers"]):
         prefix = f"model.layers.{i}"
-        for proj, n_in, n_out in (("self_attn.q_proj", hidden, hidden),
-                                  ("self_attn.k_proj", hidden, kv_dim),
-                                  ("self_attn.v_proj", hidden, kv_dim),
-                                  ("self_attn.o_proj", hidden, hidden),
-                                  ("mlp.gate_proj", hidden, inter), ("mlp.up_proj", hidden, inter),
-                                  ("mlp.down_proj", inter, hidden)):
+        for proj, n_in, n_out in (
+            ("self_attn.q_proj", hidden, hidden),
+            ("self_attn.k_proj", hidden, kv_dim),
+            ("self_attn.v_proj", hidden, kv_dim),
+            ("self_attn.o_proj", hidden, hidden),
+            ("mlp.gate_proj", hidden, inter),
+            ("mlp.up_proj", hidden, inter),
+            ("mlp.down_proj", inter, hidden),
+        ):
             linear.append(LinearShape(f"{prefix}.{proj}", n_in, n_out))
     embeddings = config["vocab_size"] * hidden
     head = 0 if config.get("tie_word_embeddings", False) else embeddings
@@ -141,8 +162,9 @@ def hf_config_inventory(config_path: str | Path) -> Inventory:
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError as e:
-        raise TinygenError("counting this architecture needs transformers: "
-                           "pip install 'tinygen[hf]'") from e
+        raise TinygenError(
+            "counting this architecture needs transformers: pip install 'tinygen[hf]'"
+        ) from e
     hf_config = AutoConfig.from_pretrained(str(path.parent))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config)
@@ -173,8 +195,10 @@ def resolve_inventory(model: str) -> Inventory:
         return hf_config_inventory(path)
     if path.is_file() and path.suffix == ".json":
         return hf_config_inventory(path)
-    raise TinygenError(f"unknown model {model!r}: pass one of {sorted(BUILTIN_CONFIGS)}, a Hugging "
-                       "Face config.json (or its directory) or a tinygen run directory")
+    raise TinygenError(
+        f"unknown model {model!r}: pass one of {sorted(BUILTIN_CONFIGS)}, a Hugging "
+        "Face config.json (or its directory) or a tinygen run directory"
+    )
 
 
 def nf4_nbytes(numel: int, blocksize: int = 64, double_quant: bool = True) -> int:
@@ -214,8 +238,9 @@ def training_bytes(
     if method == "lora":
         base = base_bytes * inv.total_params
     elif method in ("qlora", "qlora-dq"):
-        base = weight_bytes(inv, "nf4-dq" if method == "qlora-dq" else "nf4",
-                            other_bytes=base_bytes)
+        base = weight_bytes(
+            inv, "nf4-dq" if method == "qlora-dq" else "nf4", other_bytes=base_bytes
+        )
     else:
         raise TinygenError(f"unknown method {method!r}; choose full, lora, qlora or qlora-dq")
     return {"weights": base, "gradients": 4 * adapter, "adamw": 8 * adapter, "adapter": 4 * adapter}
@@ -233,10 +258,13 @@ def peak_memory_bytes(device: torch.device | str = "cpu") -> int:
 def memory_report(inv: Inventory, targets: str | list[str] | None = None, r: int = 8) -> str:
     """The text `tinygen memory` prints."""
     if targets is None:  # the family's usual targets, or every linear layer if it lacks them
-        targets = list(inv.default_targets) if inv.targeted(list(inv.default_targets)) else (
-            "all-linear")
-    lines = [f"{inv.name}: {inv.total_params:,} parameters ({inv.total_params / 1e9:.2f}B); "
-             f"{inv.linear_params:,} in {len(inv.linear)} linear layers"]
+        targets = (
+            list(inv.default_targets) if inv.targeted(list(inv.default_targets)) else ("all-linear")
+        )
+    lines = [
+        f"{inv.name}: {inv.total_params:,} parameters ({inv.total_params / 1e9:.2f}B); "
+        f"{inv.linear_params:,} in {len(inv.linear)} linear layers"
+    ]
     lines.append("LoRA trainable parameters (share of base + adapter, as PEFT prints it):")
     rows = [(targets, r), ("all-linear", 64)]
     if inv.targeted(list(inv.default_targets)):
@@ -247,17 +275,30 @@ def memory_report(inv: Inventory, targets: str | list[str] | None = None, r: int
         share = 100 * a / (inv.total_params + a)
         lines.append(f"  r={rank:<3} on {shown:<24} {a:>15,}  {share:.3f}%")
     lines.append("weight memory (GB = 1e9 bytes):")
-    for fmt, label in (("fp32", "fp32"), ("fp16", "fp16/bf16"), ("int8", "int8"),
-                       ("nf4", "NF4"), ("nf4-dq", "NF4 + double quant")):
+    for fmt, label in (
+        ("fp32", "fp32"),
+        ("fp16", "fp16/bf16"),
+        ("int8", "int8"),
+        ("nf4", "NF4"),
+        ("nf4-dq", "NF4 + double quant"),
+    ):
         b = weight_bytes(inv, fmt)
         lines.append(f"  {label:<20} {b / GB:9.3f} GB  {8 * b / inv.total_params:6.3f} bits/param")
     shown = targets if isinstance(targets, str) else ",".join(targets)
     lines.append(f"training memory without activations, AdamW, LoRA r={r} on {shown} (GB):")
-    lines.append(f"  {'method':<22}{'weights':>10}{'grads':>10}{'adamw':>10}{'adapter':>10}"
-                 f"{'total':>10}")
-    for method, label in (("full", "full fine-tune (fp32)"), ("lora", "LoRA (fp16 base)"),
-                          ("qlora", "QLoRA (NF4)"), ("qlora-dq", "QLoRA (NF4 + DQ)")):
+    lines.append(
+        f"  {'method':<22}{'weights':>10}{'grads':>10}{'adamw':>10}{'adapter':>10}{'total':>10}"
+    )
+    for method, label in (
+        ("full", "full fine-tune (fp32)"),
+        ("lora", "LoRA (fp16 base)"),
+        ("qlora", "QLoRA (NF4)"),
+        ("qlora-dq", "QLoRA (NF4 + DQ)"),
+    ):
         row = training_bytes(inv, method, targets, r)
-        lines.append(f"  {label:<22}" + "".join(f"{row[k] / GB:10.3f}" for k in row)
-                     + f"{sum(row.values()) / GB:10.3f}")
+        lines.append(
+            f"  {label:<22}"
+            + "".join(f"{row[k] / GB:10.3f}" for k in row)
+            + f"{sum(row.values()) / GB:10.3f}"
+        )
     return "\n".join(lines)

@@ -93,9 +93,19 @@ def _fit(task: PointsTask, steps: int, lr: float, seed: int, run_dir: Path, conf
     from tinygen.train.config import TrainConfig
     from tinygen.train.trainer import Trainer
 
-    train = TrainConfig(max_iters=steps, batch_size=128, learning_rate=lr, lr_schedule="cosine",
-                        warmup_iters=0, weight_decay=0.0, eval_interval=steps, eval_iters=4,
-                        log_interval=max(1, steps // 20), seed=seed, device="cpu")
+    train = TrainConfig(
+        max_iters=steps,
+        batch_size=128,
+        learning_rate=lr,
+        lr_schedule="cosine",
+        warmup_iters=0,
+        weight_decay=0.0,
+        eval_interval=steps,
+        eval_iters=4,
+        log_interval=max(1, steps // 20),
+        seed=seed,
+        device="cpu",
+    )
     Trainer(task, train, run_dir, run_config=config, progress=False).fit()
 
 
@@ -110,11 +120,13 @@ class ToyResult:
     picture: Path | None
 
     def summary(self) -> str:
-        return (f"base MLP: accuracy {self.base_acc_original:.3f} on its task, "
-                f"{self.base_acc_new:.3f} on the rotated/shifted task\n"
-                f"after LoRA ({self.trainable:,} of {self.total:,} parameters trainable, "
-                f"{100 * self.trainable / self.total:.1f}%): {self.lora_acc_new:.3f} on the new "
-                f"task ({self.lora_acc_original:.3f} on the old one)")
+        return (
+            f"base MLP: accuracy {self.base_acc_original:.3f} on its task, "
+            f"{self.base_acc_new:.3f} on the rotated/shifted task\n"
+            f"after LoRA ({self.trainable:,} of {self.total:,} parameters trainable, "
+            f"{100 * self.trainable / self.total:.1f}%): {self.lora_acc_new:.3f} on the new "
+            f"task ({self.lora_acc_original:.3f} on the old one)"
+        )
 
 
 def run_toy(config: ToyConfig, out_dir: str | Path, *, picture: bool = True) -> ToyResult:
@@ -129,23 +141,43 @@ def run_toy(config: ToyConfig, out_dir: str | Path, *, picture: bool = True) -> 
     torch.manual_seed(config.seed)
     model = ToyMLP(config.hidden)
     record = {"model_type": "toy-mlp", "toy": asdict(config)}
-    _fit(PointsTask(model, old), config.base_steps, config.lr, config.seed, out_dir / "base",
-         record)
+    _fit(
+        PointsTask(model, old), config.base_steps, config.lr, config.seed, out_dir / "base", record
+    )
     model.eval()
     base_old, base_new = accuracy(model, *old["val"]), accuracy(model, *new["val"])
     before = _grid_predictions(model, new["val"][0]) if picture else None
-    report = apply_lora(model, config.targets.split(","), r=config.r, alpha=config.alpha,
-                        seed=config.seed)
-    _fit(PointsTask(TrainableView(model), new), config.lora_steps, config.lr, config.seed,
-         out_dir / "lora", record)
+    report = apply_lora(
+        model, config.targets.split(","), r=config.r, alpha=config.alpha, seed=config.seed
+    )
+    _fit(
+        PointsTask(TrainableView(model), new),
+        config.lora_steps,
+        config.lr,
+        config.seed,
+        out_dir / "lora",
+        record,
+    )
     model.eval()
     path = None
     if picture:
         path = out_dir / "decision_boundaries.png"
-        _plot(before, _grid_predictions(model, new["val"][0]), new["val"], path,
-              (base_new, accuracy(model, *new["val"])))
-    return ToyResult(base_old, base_new, accuracy(model, *new["val"]),
-                     accuracy(model, *old["val"]), report.trainable, report.total, path)
+        _plot(
+            before,
+            _grid_predictions(model, new["val"][0]),
+            new["val"],
+            path,
+            (base_new, accuracy(model, *new["val"])),
+        )
+    return ToyResult(
+        base_old,
+        base_new,
+        accuracy(model, *new["val"]),
+        accuracy(model, *old["val"]),
+        report.trainable,
+        report.total,
+        path,
+    )
 
 
 def _grid_predictions(model: nn.Module, points: Tensor, steps: int = 200):

@@ -43,8 +43,9 @@ class CLIPConfig:
     vision_layers: int = field(default=4, metadata={"help": "ViT blocks"})
     vision_heads: int = 4
     resnet_width: int = field(default=32, metadata={"help": "ResNet channels of stage 1"})
-    resnet_layers: list[int] = field(default_factory=lambda: [1, 1, 1],
-                                     metadata={"help": "ResNet blocks per stage"})
+    resnet_layers: list[int] = field(
+        default_factory=lambda: [1, 1, 1], metadata={"help": "ResNet blocks per stage"}
+    )
     text_tower: str = field(default="transformer", metadata={"help": "transformer | minilm"})
     vocab_size: int = field(default=64, metadata={"help": "caption vocabulary (set by data)"})
     context_length: int = field(default=16, metadata={"help": "tokens per caption"})
@@ -52,8 +53,9 @@ class CLIPConfig:
     text_layers: int = 3
     text_heads: int = 4
     dropout: float = 0.0
-    logit_scale_init: float = field(default=math.log(1 / 0.07),
-                                    metadata={"help": "initial log temperature multiplier"})
+    logit_scale_init: float = field(
+        default=math.log(1 / 0.07), metadata={"help": "initial log temperature multiplier"}
+    )
     max_logit_scale: float = field(default=100.0, metadata={"help": "clamp of exp(t)"})
 
     def validate(self) -> None:
@@ -63,22 +65,35 @@ class CLIPConfig:
             raise TinygenError(
                 f"unknown --text-tower {self.text_tower!r}; choose transformer or minilm"
             )
-        for width, heads, name in ((self.vision_width, self.vision_heads, "vision"),
-                                   (self.text_width, self.text_heads, "text")):
+        for width, heads, name in (
+            (self.vision_width, self.vision_heads, "vision"),
+            (self.text_width, self.text_heads, "text"),
+        ):
             if width % heads:
-                raise TinygenError(f"--{name}-width ({width}) must be divisible by "
-                                   f"--{name}-heads ({heads})")
+                raise TinygenError(
+                    f"--{name}-width ({width}) must be divisible by --{name}-heads ({heads})"
+                )
         if self.image_tower == "vit" and self.image_size % self.patch_size:
-            raise TinygenError(f"--image-size {self.image_size} is not divisible by "
-                               f"--patch-size {self.patch_size}")
+            raise TinygenError(
+                f"--image-size {self.image_size} is not divisible by --patch-size {self.patch_size}"
+            )
         if self.image_tower == "resnet" and (
             not self.resnet_layers or self.image_size % 2 ** (len(self.resnet_layers) - 1)
         ):
-            raise TinygenError(f"--resnet-layers {self.resnet_layers} does not fit "
-                               f"--image-size {self.image_size}: each stage after the first "
-                               "halves the image; give fewer stages")
-        for name in ("embed_dim", "image_size", "vocab_size", "context_length", "text_width",
-                     "vision_width", "resnet_width"):
+            raise TinygenError(
+                f"--resnet-layers {self.resnet_layers} does not fit "
+                f"--image-size {self.image_size}: each stage after the first "
+                "halves the image; give fewer stages"
+            )
+        for name in (
+            "embed_dim",
+            "image_size",
+            "vocab_size",
+            "context_length",
+            "text_width",
+            "vision_width",
+            "resnet_width",
+        ):
             if getattr(self, name) <= 0:
                 raise TinygenError(f"--{name.replace('_', '-')} must be positive")
         if self.max_logit_scale <= 1:
@@ -91,12 +106,16 @@ class VisionTransformer(nn.Module):
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         width = config.vision_width
-        self.patch_embed = PatchEmbedding(image_size=config.image_size,
-                                          patch_size=config.patch_size,
-                                          in_channels=config.in_channels, dim=width)
+        self.patch_embed = PatchEmbedding(
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            in_channels=config.in_channels,
+            dim=width,
+        )
         self.class_token = nn.Parameter(torch.randn(width) * width**-0.5)
         self.pos_embedding = nn.Parameter(
-            torch.randn(self.patch_embed.num_patches + 1, width) * 0.02)
+            torch.randn(self.patch_embed.num_patches + 1, width) * 0.02
+        )
         self.ln_pre = nn.LayerNorm(width)
         self.blocks = nn.ModuleList(
             Block(width, config.vision_heads, dropout=config.dropout)
@@ -134,8 +153,10 @@ class TextTransformer(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         b, t = tokens.shape
         if t > self.context_length:
-            raise TinygenError(f"captions of {t} tokens exceed the context length "
-                               f"{self.context_length}; shorten them or retrain")
+            raise TinygenError(
+                f"captions of {t} tokens exceed the context length "
+                f"{self.context_length}; shorten them or retrain"
+            )
         x = self.token_embedding(tokens) + self.pos_embedding[:t]  # (B, T, width)
         for block in self.blocks:
             x = block(x)
@@ -155,11 +176,13 @@ class CLIP(nn.Module):
         if config.image_tower == "vit":
             self.visual = VisionTransformer(config)
         else:
-            self.visual = ResNetTower(image_size=config.image_size,
-                                      in_channels=config.in_channels,
-                                      width=config.resnet_width,
-                                      layers=list(config.resnet_layers),
-                                      n_head=config.vision_heads)
+            self.visual = ResNetTower(
+                image_size=config.image_size,
+                in_channels=config.in_channels,
+                width=config.resnet_width,
+                layers=list(config.resnet_layers),
+                n_head=config.vision_heads,
+            )
         if config.text_tower == "transformer":
             self.text = TextTransformer(config)
         else:
@@ -187,11 +210,15 @@ class CLIP(nn.Module):
     def encode_image(self, images: Tensor, *, normalize: bool = True) -> Tensor:
         """images (B, C, H, W) in [-1, 1] -> (B, embed_dim)."""
         if images.dim() != 4 or images.shape[1:] != (
-            self.config.in_channels, self.config.image_size, self.config.image_size
+            self.config.in_channels,
+            self.config.image_size,
+            self.config.image_size,
         ):
             c, s = self.config.in_channels, self.config.image_size
-            raise TinygenError(f"images of shape {tuple(images.shape)} do not fit this model; "
-                               f"it takes (B, {c}, {s}, {s}) -- resize them to {s}x{s}")
+            raise TinygenError(
+                f"images of shape {tuple(images.shape)} do not fit this model; "
+                f"it takes (B, {c}, {s}, {s}) -- resize them to {s}x{s}"
+            )
         features = self.visual_projection(self.visual(images))
         return F.normalize(features, dim=-1) if normalize else features
 
@@ -210,5 +237,4 @@ class CLIP(nn.Module):
         self.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
 
     def num_params(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters()
-                   if p.requires_grad or not trainable_only)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -38,8 +38,9 @@ def gather_features(features: Tensor) -> Tensor:
     return torch.cat(all_gather(features), dim=0)
 
 
-def clip_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float
-                ) -> tuple[Tensor, Tensor]:
+def clip_logits(
+    image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float
+) -> tuple[Tensor, Tensor]:
     """(logits_per_image (N, M), logits_per_text (M, N)) of L2-normalised features."""
     image_features = F.normalize(image_features.float(), dim=-1)
     text_features = F.normalize(text_features.float(), dim=-1)
@@ -47,8 +48,13 @@ def clip_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tens
     return logits_per_image, logits_per_image.T
 
 
-def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float,
-              *, gather: bool = True) -> Tensor:
+def clip_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Tensor | float,
+    *,
+    gather: bool = True,
+) -> Tensor:
     """Symmetric cross-entropy of the image–text logits (CLIP's training objective).
 
     image_features, text_features: (N, D) features of N matching pairs (normalised here, so
@@ -71,5 +77,6 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor
     logits_per_image = logit_scale * image_features @ all_texts.T
     logits_per_text = logit_scale * text_features @ all_images.T
     labels = torch.arange(n, device=image_features.device) + rank * n
-    return (F.cross_entropy(logits_per_image, labels)
-            + F.cross_entropy(logits_per_text, labels)) / 2
+    return (
+        F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
+    ) / 2

@@ -25,8 +25,9 @@ def _text_embeddings(model: nn.Module, tokenizer, texts: list[str]) -> Tensor:
 
 
 @torch.no_grad()
-def plot_similarity_matrix(model: nn.Module, tokenizer, images: Tensor, captions: list[str],
-                           out_path: str | Path) -> Tensor:
+def plot_similarity_matrix(
+    model: nn.Module, tokenizer, images: Tensor, captions: list[str], out_path: str | Path
+) -> Tensor:
     """Heat map of cosine similarities: texts as rows, images (drawn above) as columns.
     Returns the (N, N) similarity matrix drawn."""
     import matplotlib
@@ -49,8 +50,15 @@ def plot_similarity_matrix(model: nn.Module, tokenizer, images: Tensor, captions
     im = ax.imshow(sim.numpy(), cmap="viridis", aspect="auto")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if sim[i, j] < sim.max() * 0.7 else "black")
+            ax.text(
+                j,
+                i,
+                f"{sim[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if sim[i, j] < sim.max() * 0.7 else "black",
+            )
     ax.set_yticks(range(n), captions, fontsize=7)
     ax.set_xticks([])
     fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01, label="cosine similarity")
@@ -61,8 +69,9 @@ def plot_similarity_matrix(model: nn.Module, tokenizer, images: Tensor, captions
 
 
 @torch.no_grad()
-def top_matches(model: nn.Module, tokenizer, images: Tensor, texts: list[str], k: int = 5
-                ) -> tuple[Tensor, Tensor]:
+def top_matches(
+    model: nn.Module, tokenizer, images: Tensor, texts: list[str], k: int = 5
+) -> tuple[Tensor, Tensor]:
     """For each text, the indices (Q, k) and similarities (Q, k) of its k closest images."""
     was_training = model.training
     model.eval()
@@ -72,8 +81,14 @@ def top_matches(model: nn.Module, tokenizer, images: Tensor, texts: list[str], k
     return index.cpu(), scores.cpu()
 
 
-def plot_retrieval_grid(model: nn.Module, tokenizer, images: Tensor, queries: list[str],
-                        out_path: str | Path, k: int = 5) -> None:
+def plot_retrieval_grid(
+    model: nn.Module,
+    tokenizer,
+    images: Tensor,
+    queries: list[str],
+    out_path: str | Path,
+    k: int = 5,
+) -> None:
     """One row per query text: its k best-matching images, with their similarities."""
     import matplotlib
 
@@ -82,8 +97,9 @@ def plot_retrieval_grid(model: nn.Module, tokenizer, images: Tensor, queries: li
 
     index, scores = top_matches(model, tokenizer, images, queries, k)
     k = index.shape[1]
-    fig, axes = plt.subplots(len(queries), k, figsize=(1.3 * k + 2.5, 1.4 * len(queries)),
-                             dpi=110, squeeze=False)
+    fig, axes = plt.subplots(
+        len(queries), k, figsize=(1.3 * k + 2.5, 1.4 * len(queries)), dpi=110, squeeze=False
+    )
     for q, query in enumerate(queries):
         for j in range(k):
             ax = axes[q, j]

@@ -45,8 +45,9 @@ class AttentionPool2d(nn.Module):
 
     def __init__(self, spatial: int, channels: int, n_head: int) -> None:
         super().__init__()
-        self.pos_embedding = nn.Parameter(torch.randn(spatial * spatial + 1, channels)
-                                          / channels**0.5)
+        self.pos_embedding = nn.Parameter(
+            torch.randn(spatial * spatial + 1, channels) / channels**0.5
+        )
         self.attn = Attention(channels, n_head)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -59,8 +60,15 @@ class ResNetTower(nn.Module):
     """Stem, `len(layers)` stages of basic blocks (the first at full resolution, each later
     one halving it and doubling the width), attention pooling. Returns (B, width * 2^(S-1))."""
 
-    def __init__(self, *, image_size: int, in_channels: int, width: int,
-                 layers: tuple[int, ...] | list[int], n_head: int) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        in_channels: int,
+        width: int,
+        layers: tuple[int, ...] | list[int],
+        n_head: int,
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),

@@ -50,14 +50,25 @@ def shapes_pairs(n: int, *, split: str, seed: int, image_size: int = 32) -> Pair
 def shapes_zero_shot_templates() -> list[str]:
     """Prompt ensemble for a "colour shape" class: the canonical prompt with every size and
     position (CLIP sec. 3.1.4), so no single unseen size/position wording is favoured."""
-    from tinygen.data.shapes import POSITION_PHRASES, SIZES
+    from tinygen.data.shapes import POSITIONS, SIZES, canonical_prompt
 
-    return [f"a {size} {{}} {where}" for size in SIZES for where in POSITION_PHRASES.values()]
+    return [
+        canonical_prompt("red", "circle", size, position).replace("red circle", "{}")
+        for size in SIZES
+        for position in POSITIONS
+    ]
 
 
 @torch.no_grad()
-def evaluate_shapes(model: nn.Module, tokenizer, *, n_test: int = 1000, n_heldout: int = 480,
-                    seed: int = 0, image_size: int = 32) -> dict[str, float]:
+def evaluate_shapes(
+    model: nn.Module,
+    tokenizer,
+    *,
+    n_test: int = 1000,
+    n_heldout: int = 480,
+    seed: int = 0,
+    image_size: int = 32,
+) -> dict[str, float]:
     """The shapes-world figures of a CLIP model.
 
     zero_shot_seen / zero_shot_heldout: accuracy of classifying (colour, shape) among all
@@ -70,8 +81,9 @@ def evaluate_shapes(model: nn.Module, tokenizer, *, n_test: int = 1000, n_heldou
     was_training = model.training
     model.eval()
     classnames = [f"{c} {s}" for c in COLORS for s in SHAPES]  # index = combo_index
-    classifier = zero_shot_classifier(model, classnames, shapes_zero_shot_templates(),
-                                      tokenizer=tokenizer)
+    classifier = zero_shot_classifier(
+        model, classnames, shapes_zero_shot_templates(), tokenizer=tokenizer
+    )
     heldout_ids = {COLORS.index(c) * len(SHAPES) + SHAPES.index(s) for c, s in HELDOUT_COMBOS}
     out: dict[str, float] = {}
 
@@ -84,13 +96,18 @@ def evaluate_shapes(model: nn.Module, tokenizer, *, n_test: int = 1000, n_heldou
 
     held = generate_shapes(n_heldout, split="heldout", seed=seed, image_size=image_size)
     held_combo = held.labels["color"] * len(SHAPES) + held.labels["shape"]
-    held_pred = zero_shot_predict(encode_images(model, held.images), classifier.to(
-        image_emb.device)).cpu()
+    held_pred = zero_shot_predict(
+        encode_images(model, held.images), classifier.to(image_emb.device)
+    ).cpu()
     out["zero_shot_heldout"] = (held_pred == held_combo).float().mean().item()
 
     device = image_emb.device
-    text_emb = torch.cat([model.encode_text(tokenizer.encode_batch(test.prompts[i:i + 256])
-                                            .to(device)) for i in range(0, n_test, 256)])
+    text_emb = torch.cat(
+        [
+            model.encode_text(tokenizer.encode_batch(test.prompts[i : i + 256]).to(device))
+            for i in range(0, n_test, 256)
+        ]
+    )
     prompt_ids = {p: i for i, p in enumerate(sorted(set(test.prompts)))}
     groups = torch.tensor([prompt_ids[p] for p in test.prompts])
     metrics = retrieval_metrics(image_emb, text_emb, groups=groups)
@@ -108,8 +125,15 @@ class CLIPTask:
 
     items_name = "pairs"
 
-    def __init__(self, model: nn.Module, tokenizer, train: PairSet, val: PairSet, *,
-                 shapes_eval: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        train: PairSet,
+        val: PairSet,
+        *,
+        shapes_eval: dict | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.sets = {"train": train, "val": val}
@@ -117,13 +141,18 @@ class CLIPTask:
         self.tokens = {k: tokenizer.encode_batch(v.captions) for k, v in self.sets.items()}
         self.shapes_eval = shapes_eval  # kwargs of evaluate_shapes, None off the shapes world
 
-    def get_batch(self, split: str, batch_size: int, generator: torch.Generator
-                  ) -> tuple[Tensor, Tensor]:
+    def get_batch(
+        self, split: str, batch_size: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         pairs = self.sets[split]
         n = len(pairs.images)
+        if split != "train":
+            batch_size = min(batch_size, n)  # a small validation split is scored whole
         if batch_size > n:
-            raise TinygenError(f"--batch-size {batch_size} exceeds the {n} {split} pairs; "
-                               "lower --batch-size or add data")
+            raise TinygenError(
+                f"--batch-size {batch_size} exceeds the {n} {split} pairs; "
+                "lower --batch-size or add data"
+            )
         index = torch.randperm(n, generator=generator)[:batch_size]
         return pairs.images[index], self.tokens[split][index]  # (B, C, H, W), (B, T)
 
@@ -145,7 +174,13 @@ class CLIPTask:
 
         val = self.sets["val"]
         n = min(16, len(val.images))
-        plot_similarity_matrix(model, self.tokenizer, val.images[:n], val.captions[:n],
-                               Path(run_dir) / "similarity.png")
-        plot_retrieval_grid(model, self.tokenizer, val.images, val.captions[:6],
-                            Path(run_dir) / "retrieval.png")
+        plot_similarity_matrix(
+            model,
+            self.tokenizer,
+            val.images[:n],
+            val.captions[:n],
+            Path(run_dir) / "similarity.png",
+        )
+        plot_retrieval_grid(
+            model, self.tokenizer, val.images, val.captions[:6], Path(run_dir) / "retrieval.png"
+        )

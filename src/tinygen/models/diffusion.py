@@ -236,14 +236,15 @@ def check_classifier_matches(model: DiffusionModel, classifier: nn.Module) -> No
 class ImageData:
     """Training images (and class labels) for diffusion: the shapes world or a folder.
 
-    `shapes`: `n_train` train-split and `n_val` val-split images of the shapes world, drawn
-    once; the label is the (colour, shape) class `combo_index` (48 classes). A folder: its
+    `shapes`: `n_train` train-split and `n_val` (default n_train / 10, 64 to 1000)
+    val-split images of the shapes world, drawn once; the label is the (colour, shape) class `combo_index` (48 classes). A folder: its
     images, the last tenth held out for validation, no labels.
     """
 
     def __init__(self, source: str = "shapes", *, image_size: int = 32, n_train: int = 20000,
-                 n_val: int = 1000, seed: int = 0) -> None:
+                 n_val: int | None = None, seed: int = 0) -> None:
         self.source = source
+        n_val = n_val if n_val is not None else max(64, min(1000, n_train // 10))
         if source == "shapes":
             from tinygen.data.shapes import SHAPES, ShapesDataset
 
@@ -325,5 +326,6 @@ class DiffusionTask:
         if self.model.config.class_conditional:
             labels = torch.arange(n) * max(1, self.model.config.num_classes // n)
         gen = torch.Generator().manual_seed(self.sample_seed)
-        images = model.generate(n, labels=labels, guidance=2.0, steps=25, generator=gen)
+        steps = min(25, self.model.config.num_train_timesteps)
+        images = model.generate(n, labels=labels, guidance=2.0, steps=steps, generator=gen)
         save_image_grid(images, Path(run_dir) / "samples.png", nrow=8, scale=4)

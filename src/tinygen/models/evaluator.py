@@ -28,7 +28,7 @@ from tinygen.errors import TinygenError
 @dataclass
 class EvaluatorConfig:
     image_size: int = 32  # images of another size are resized to this
-    width: int = 32  # channels of the first stage; doubled at each downsampling
+    width: int = 16  # channels of the first stage; doubled at each downsampling
     feature_dim: int = 256
 
     def validate(self) -> None:
@@ -56,15 +56,21 @@ class ShapesEvaluator(nn.Module):
         self.config = config
         w = config.width
         self.body = nn.Sequential(
-            _conv(3, w), _conv(w, w),  # (B, w, S, S)
-            _conv(w, 2 * w, 2), _conv(2 * w, 2 * w),  # (B, 2w, S/2, S/2)
-            _conv(2 * w, 4 * w, 2), _conv(4 * w, 4 * w),  # (B, 4w, S/4, S/4)
+            _conv(3, w),
+            _conv(w, w),  # (B, w, S, S)
+            _conv(w, 2 * w, 2),
+            _conv(2 * w, 2 * w),  # (B, 2w, S/2, S/2)
+            _conv(2 * w, 4 * w, 2),
+            _conv(4 * w, 4 * w),  # (B, 4w, S/4, S/4)
             nn.AdaptiveAvgPool2d(4),  # (B, 4w, 4, 4): a coarse map that keeps position
             nn.Flatten(),
         )
         self.to_features = nn.Linear(4 * w * 16, config.feature_dim)
         self.heads = nn.ModuleDict(
-            {name: nn.Linear(config.feature_dim, len(values)) for name, values in ATTRIBUTES.items()}
+            {
+                name: nn.Linear(config.feature_dim, len(values))
+                for name, values in ATTRIBUTES.items()
+            }
         )
 
     def _check(self, images: Tensor) -> Tensor:
@@ -74,8 +80,9 @@ class ShapesEvaluator(nn.Module):
             )
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear",
-                                   antialias=True, align_corners=False)
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         return images
 
     def features(self, images: Tensor) -> Tensor:
@@ -111,16 +118,19 @@ def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     kernel = kernel / kernel.sum(-1, keepdim=True)  # (B, 5)
     kernel = kernel.repeat_interleave(c, 0)  # (B*C, 5): one kernel per channel
     x = images.reshape(1, b * c, h, w)
-    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="reflect"), kernel.view(b * c, 1, 1, 5),
-                 groups=b * c)
-    x = F.conv2d(F.pad(x, (0, 0, 2, 2), mode="reflect"), kernel.view(b * c, 1, 5, 1),
-                 groups=b * c)
+    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="reflect"), kernel.view(b * c, 1, 1, 5), groups=b * c)
+    x = F.conv2d(F.pad(x, (0, 0, 2, 2), mode="reflect"), kernel.view(b * c, 1, 5, 1), groups=b * c)
     return x.view(b, c, h, w)
 
 
 def augment(
-    images: Tensor, generator: torch.Generator, *, max_noise: float = 0.3,
-    max_blur: float = 0.8, p_noise: float = 0.6, p_blur: float = 0.4,
+    images: Tensor,
+    generator: torch.Generator,
+    *,
+    max_noise: float = 0.3,
+    max_blur: float = 0.8,
+    p_noise: float = 0.6,
+    p_blur: float = 0.4,
 ) -> Tensor:
     """What a generator's samples look like: a slight blur (std up to `max_blur` pixels)
     with probability `p_blur`, then Gaussian noise of a random std up to `max_noise` with
@@ -152,8 +162,9 @@ class EvaluatorTask:
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict:
         seed = int(torch.randint(2**58, (1,), generator=generator)) * 2 + (split != "train")
-        batch = generate_shapes(batch_size, split="evaluator", seed=seed,
-                                image_size=self.config.image_size)
+        batch = generate_shapes(
+            batch_size, split="evaluator", seed=seed, image_size=self.config.image_size
+        )
         images = augment(batch.images, torch.Generator().manual_seed(seed))
         return {"images": images, **{k: batch.labels[k] for k in ATTRIBUTES}}
 
@@ -164,10 +175,13 @@ class EvaluatorTask:
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         """Per-attribute accuracy on clean "test" images (seed 0)."""
         if self._test is None:
-            self._test = generate_shapes(self.n_test, split="test", seed=0,
-                                         image_size=self.config.image_size)
-        return {f"acc_{k}": v for k, v in attribute_accuracy(model, self._test.images,
-                                                             self._test.labels).items()}
+            self._test = generate_shapes(
+                self.n_test, split="test", seed=0, image_size=self.config.image_size
+            )
+        return {
+            f"acc_{k}": v
+            for k, v in attribute_accuracy(model, self._test.images, self._test.labels).items()
+        }
 
 
 def attribute_accuracy(
@@ -179,8 +193,12 @@ def attribute_accuracy(
 
 
 def accuracy_under_noise(
-    model: ShapesEvaluator, *, n: int = 2000, sigmas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2),
-    split: str = "test", seed: int = 0,
+    model: ShapesEvaluator,
+    *,
+    n: int = 2000,
+    sigmas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2),
+    split: str = "test",
+    seed: int = 0,
 ) -> dict[float, dict[str, float]]:
     """Per-attribute accuracy on `n` images of `split` with Gaussian noise of std `sigma`
     (in [-1, 1] units) added and clamped, for each sigma: how the evaluator fares on the

@@ -53,7 +53,9 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(config.n_embd, config.n_head, causal=True, bias=config.bias, dropout=config.dropout)
+            Block(
+                config.n_embd, config.n_head, causal=True, bias=config.bias, dropout=config.dropout
+            )
             for _ in range(config.n_layer)
         )
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -127,8 +129,15 @@ class GPT(nn.Module):
         temperature 0 is greedy decoding. See `stream` for the context window policy.
         """
         new_tokens = list(
-            self.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, use_cache=use_cache, generator=generator)
+            self.stream(
+                idx,
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                use_cache=use_cache,
+                generator=generator,
+            )
         )
         return torch.cat([idx, *new_tokens], dim=1)
 
@@ -174,7 +183,10 @@ class GPT(nn.Module):
             else:
                 logits, _ = self(tokens[:, -1:], caches=caches)
             next_token = sample_next_token(
-                logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p,
+                logits[:, -1, :],
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
                 generator=generator,
             )
             tokens = torch.cat([tokens, next_token], dim=1)

@@ -55,16 +55,22 @@ class MiniLMTokenizer:
         self.context_length = context_length
         self.vocab_size = self._tokenizer.vocab_size
         if self._tokenizer.pad_token_id != 0:
-            raise TinygenError("the installed MiniLM tokenizer does not pad with id 0; "
-                               f"reinstall {PACKAGE}")
+            raise TinygenError(
+                f"the installed MiniLM tokenizer does not pad with id 0; reinstall {PACKAGE}"
+            )
 
     @property
     def pad_id(self) -> int:
         return 0
 
     def encode_batch(self, texts: list[str]) -> Tensor:
-        batch = self._tokenizer(list(texts), padding="max_length", truncation=True,
-                                max_length=self.context_length, return_tensors="pt")
+        batch = self._tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )
         return batch["input_ids"].long()
 
     def to_dict(self) -> dict:

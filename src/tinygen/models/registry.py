@@ -12,8 +12,11 @@ from tinygen.errors import TinygenError
 MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "gpt": ("tinygen.models.gpt", "GPT", "GPTConfig"),
     "diffusion": ("tinygen.models.diffusion", "DiffusionModel", "DiffusionConfig"),
-    "noisy-classifier": ("tinygen.models.noisy_classifier", "NoisyClassifier",
-                         "NoisyClassifierConfig"),
+    "noisy-classifier": (
+        "tinygen.models.noisy_classifier",
+        "NoisyClassifier",
+        "NoisyClassifierConfig",
+    ),
     "shapes-evaluator": ("tinygen.models.evaluator", "ShapesEvaluator", "EvaluatorConfig"),
     "seq2seq": ("tinygen.models.seq2seq", "Seq2SeqTransformer", "Seq2SeqConfig"),
     "clip": ("tinygen.models.clip", "CLIP", "CLIPConfig"),

@@ -40,6 +40,13 @@ def _new_caches(model: Seq2SeqTransformer, use_cache: bool):
     return ([KVCache() for _ in model.decoder], [StaticKV() for _ in model.decoder])
 
 
+def _forbid_specials(logits: Tensor) -> Tensor:
+    """<pad> and <bos> are never written: only <eos> and real tokens are outputs."""
+    logits = logits.clone()
+    logits[:, [PAD_ID, BOS_ID]] = float("-inf")
+    return logits
+
+
 @torch.no_grad()
 def greedy_decode(
     model: Seq2SeqTransformer, src: Tensor, *, max_len: int | None = None, use_cache: bool = True
@@ -59,7 +66,7 @@ def greedy_decode(
         inputs = tokens[:, -1:] if use_cache else tokens
         logits = model.decode(inputs, memory, src_mask, caches=caches,
                               cross_caches=cross_caches)[:, -1]  # (B, V)
-        next_token = logits.argmax(dim=-1).masked_fill(finished, PAD_ID)
+        next_token = _forbid_specials(logits).argmax(dim=-1).masked_fill(finished, PAD_ID)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         finished |= next_token == EOS_ID
         if finished.all():
@@ -87,8 +94,6 @@ def beam_search(
     if beam_size < 1:
         raise TinygenError(f"--beam must be at least 1, got {beam_size}")
     vocab = model.config.tgt_vocab_size
-    if beam_size > vocab:
-        raise TinygenError(f"--beam {beam_size} exceeds the target vocabulary ({vocab})")
     if alpha < 0:
         raise TinygenError(f"--length-penalty must be >= 0, got {alpha}")
     steps = _max_steps(model, max_len)
@@ -106,7 +111,7 @@ def beam_search(
         inputs = tokens[:, -1:] if use_cache else tokens
         logits = model.decode(inputs, memory, src_mask, caches=caches,
                               cross_caches=cross_caches)[:, -1]  # (B*K, V)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        log_probs = torch.log_softmax(_forbid_specials(logits.float()), dim=-1)
         # a finished beam continues only with padding, at no cost
         log_probs[finished] = float("-inf")
         log_probs[finished, PAD_ID] = 0.0
@@ -116,6 +121,7 @@ def beam_search(
         new_token = (flat % vocab).view(-1)
         tokens = torch.cat([tokens.index_select(0, rows), new_token[:, None]], dim=1)
         finished = finished.index_select(0, rows) | (new_token == EOS_ID)
+        finished |= scores.view(-1) == float("-inf")  # a dead beam (beam > candidates)
         if caches is not None:
             for cache in caches:
                 cache.reorder(rows)
@@ -123,7 +129,7 @@ def beam_search(
         if finished.all():
             break
     hyps = tokens[:, 1:]  # (B*K, L)
-    lengths = ((hyps != PAD_ID) & (hyps != BOS_ID)).sum(dim=1).view(b, k)
+    lengths = (hyps != PAD_ID).sum(dim=1).view(b, k)  # tokens written, <eos> included
     normalised = scores / length_penalty(lengths, alpha)
     best = normalised.argmax(dim=1)  # (B,)
     return hyps.view(b, k, -1)[torch.arange(b, device=src.device), best]

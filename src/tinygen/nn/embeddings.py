@@ -16,7 +16,8 @@ def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10000.
     """
     half = dim // 2
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device)
+        -math.log(max_period)
+        * torch.arange(half, dtype=torch.float32, device=positions.device)
         / half
     )
     angles = positions.float()[:, None] * freqs[None, :]  # (N, half)

@@ -32,8 +32,14 @@ class TrainConfig:
     ema_decay: float = field(default=0.0, metadata={"help": "EMA of weights; 0 disables"})
 
     def validate(self) -> None:
-        positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters",
-                    "log_interval")
+        positive = (
+            "max_iters",
+            "batch_size",
+            "grad_accum",
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise TinygenError(f"--{name.replace('_', '-')} must be positive")

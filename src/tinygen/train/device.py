@@ -12,9 +12,13 @@ from tinygen.errors import TinygenError
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA when present, else CPU; asking for CUDA without it is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TinygenError("--device cuda was asked for but no CUDA GPU is available; use cpu")
+    if name.startswith("cuda"):
+        # TF32 for the fp32 matmuls that autocast leaves in fp32 (as nanoGPT does)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return torch.device(name)
 
 

@@ -18,8 +18,9 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise TinygenError(f"run directory {run_dir} does not exist; pass --run of a trained run")
     config = ckpt.read_json(run_dir / ckpt.CONFIG_FILE)
     if "model_type" not in config or "model" not in config:
-        raise TinygenError(f"{run_dir / ckpt.CONFIG_FILE} lacks model_type/model; it is not a "
-                           "tinygen run config")
+        raise TinygenError(
+            f"{run_dir / ckpt.CONFIG_FILE} lacks model_type/model; it is not a tinygen run config"
+        )
     return config
 
 

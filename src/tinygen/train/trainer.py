@@ -135,8 +135,7 @@ class Trainer:
         ckpt.write_json(self.run_dir / ckpt.CONFIG_FILE, self._full_config())
 
     def _full_config(self) -> dict:
-        return {**self.run_config, "train": asdict(self.config),
-                "world_size": self.dist.world_size}
+        return {**self.run_config, "train": asdict(self.config), "world_size": self.dist.world_size}
 
     def _load_state(self) -> None:
         state = ckpt.load_state(self.run_dir / ckpt.STATE_FILE)
@@ -228,8 +227,9 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.max_iters, initial=self.step, desc="train", unit="it",
-                       dynamic_ncols=True)
+            bar = tqdm(
+                total=cfg.max_iters, initial=self.step, desc="train", unit="it", dynamic_ncols=True
+            )
         self.model.train()
         interrupted = False
         t_last = time.perf_counter()
@@ -251,12 +251,18 @@ class Trainer:
                     steps = cfg.log_interval if self.step % cfg.log_interval == 0 else 1
                     rate = items * steps / max(now - t_last, 1e-9)
                     t_last = now
-                    row = {"step": self.step, "train_loss": loss_value, "lr": lr,
-                           f"{items_name}_per_s": rate}
+                    row = {
+                        "step": self.step,
+                        "train_loss": loss_value,
+                        "lr": lr,
+                        f"{items_name}_per_s": rate,
+                    }
                     self._log(row)
                     history.append(row)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{loss_value:.4f}", **{f"{items_name}/s": f"{rate:,.0f}"})
+                        bar.set_postfix(
+                            loss=f"{loss_value:.4f}", **{f"{items_name}/s": f"{rate:,.0f}"}
+                        )
                 if bar is not None:
                     bar.update(1)
                 if self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters:
@@ -268,8 +274,11 @@ class Trainer:
             if bar is not None:
                 bar.close()
         if self.dist.is_main and not interrupted:
-            plot_loss(self.run_dir / ckpt.METRICS_FILE, self.run_dir / "loss.png",
-                      title=self.run_config.get("model_type", ""))
+            plot_loss(
+                self.run_dir / ckpt.METRICS_FILE,
+                self.run_dir / "loss.png",
+                title=self.run_config.get("model_type", ""),
+            )
             on_end = getattr(self.task, "on_end", None)
             if on_end is not None:
                 on_end(self.ema.model if self.ema is not None else self.model, self.run_dir)
@@ -279,11 +288,13 @@ class Trainer:
         cfg = self.config
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
-            batch = to_device(self.task.get_batch("train", cfg.batch_size, self.data_gen),
-                              self.device)
+            batch = to_device(
+                self.task.get_batch("train", cfg.batch_size, self.data_gen), self.device
+            )
             sync = micro == cfg.grad_accum - 1
-            context = (self.forward_model.no_sync() if self.dist.enabled and not sync
-                       else _null_context())
+            context = (
+                self.forward_model.no_sync() if self.dist.enabled and not sync else _null_context()
+            )
             with context, autocast(self.device):
                 loss = self.task.loss(self.forward_model, batch) / cfg.grad_accum
             with context:
@@ -304,7 +315,12 @@ class Trainer:
 
     def _evaluate(self, history: list[dict]) -> float:
         losses = self.estimate_loss()
-        row: dict = {"step": self.step, "val_loss": losses["val"], "eval_train_loss": losses["train"]}
+        row: dict = {
+            "step": self.step,
+            "val_loss": losses["val"],
+            "eval_train_loss": losses["train"],
+            "time": time.time(),  # wall clock, for time-to-target measurements
+        }
         if self.dist.is_main:
             evaluate = getattr(self.task, "evaluate", None)
             if evaluate is not None:
@@ -323,11 +339,14 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            extra = "".join(f", {k} {v:.4f}" for k, v in row.items()
-                            if k not in ("step", "val_loss", "eval_train_loss")
-                            and isinstance(v, float))
-            tqdm.write(f"step {self.step}: train {losses['train']:.4f}, val {losses['val']:.4f}"
-                       f"{extra}")
+            extra = "".join(
+                f", {k} {v:.4f}"
+                for k, v in row.items()
+                if k not in ("step", "val_loss", "eval_train_loss") and isinstance(v, float)
+            )
+            tqdm.write(
+                f"step {self.step}: train {losses['train']:.4f}, val {losses['val']:.4f}{extra}"
+            )
         return losses["val"]
 
 
