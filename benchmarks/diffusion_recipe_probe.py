@@ -30,9 +30,13 @@ class ProbeTask(DiffusionTask):
         self.guidances, self.n, self.log, self.start = guidances, n, log, time.time()
 
     def evaluate(self, model, step: int) -> dict:
+        try:  # the evaluator may still be training beside this probe
+            evaluator = load_evaluator()
+        except Exception as e:  # noqa: BLE001
+            print(f"step {step}: no evaluator yet ({e})", flush=True)
+            return {}
         settings = [Setting(g, "ddim", 50) for g in self.guidances]
-        rows = evaluate_settings(model, settings, n=self.n, evaluator=load_evaluator(),
-                                 log=lambda s: None)
+        rows = evaluate_settings(model, settings, n=self.n, evaluator=evaluator, log=lambda s: None)
         out = {f"fid_g{r['guidance']:g}": r["fidelity"] for r in rows}
         out.update({f"fd_g{r['guidance']:g}": r["feature_distance"] for r in rows})
         with open(self.log, "a") as f:
@@ -55,29 +59,56 @@ def main() -> None:
     p.add_argument("--objective", default="epsilon")
     p.add_argument("--schedule", default="linear")
     p.add_argument("--min-snr", type=float, default=0.0)
+    p.add_argument("--base-lr-floor", type=float, default=None, help="min_lr (default lr/10)")
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--guidance", default="0,2,4")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("runs/probe"))
     a = p.parse_args()
-    unet = UNetConfig(base_channels=a.base, channel_mult=tuple(int(c) for c in a.mult.split(",")),
-                      num_res_blocks=a.res,
-                      attention_resolutions=tuple(int(c) for c in a.attn.split(",") if c))
-    cfg = DiffusionConfig(unet=unet, conditioning="class", prediction_type=a.objective,
-                          beta_schedule=a.schedule, min_snr_gamma=a.min_snr)
+    unet = UNetConfig(
+        base_channels=a.base,
+        channel_mult=tuple(int(c) for c in a.mult.split(",")),
+        num_res_blocks=a.res,
+        attention_resolutions=tuple(int(c) for c in a.attn.split(",") if c),
+    )
+    cfg = DiffusionConfig(
+        unet=unet,
+        conditioning="class",
+        prediction_type=a.objective,
+        beta_schedule=a.schedule,
+        min_snr_gamma=a.min_snr,
+    )
     torch.manual_seed(0)
     model = DiffusionModel(cfg)
     out = a.out / a.name
     out.mkdir(parents=True, exist_ok=True)
     print(a.name, f"{model.num_params() / 1e6:.2f}M", vars(a), flush=True)
-    task = ProbeTask(model, ImageData("shapes"), guidances=[float(g) for g in a.guidance.split(",")],
-                     n=a.n, log=out / "probe.jsonl")
-    tc = TrainConfig(max_iters=a.iters, batch_size=a.batch, learning_rate=a.lr, warmup_iters=100,
-                     eval_interval=a.eval_every, eval_iters=2, log_interval=50, ema_decay=a.ema,
-                     weight_decay=0.0, device=a.device)
-    Trainer(task, tc, out / "run", run_config={"model_type": "diffusion", "model": asdict(cfg)},
-            progress=False).fit()
+    guidances = [float(g) for g in a.guidance.split(",")]
+    log = out / "probe.jsonl"
+    task = ProbeTask(model, ImageData("shapes"), guidances=guidances, n=a.n, log=log)
+    tc = TrainConfig(
+        max_iters=a.iters,
+        batch_size=a.batch,
+        learning_rate=a.lr,
+        warmup_iters=100,
+        eval_interval=a.eval_every,
+        eval_iters=2,
+        log_interval=50,
+        ema_decay=a.ema,
+        weight_decay=0.0,
+        device=a.device,
+        min_lr=a.base_lr_floor,
+    )
+    Trainer(
+        task,
+        tc,
+        out / "run",
+        run_config={"model_type": "diffusion", "model": asdict(cfg)},
+        progress=False,
+    ).fit()
     print((out / "probe.jsonl").read_text(), flush=True)
+    metrics = (out / "run" / "metrics.jsonl").read_text().splitlines()
+    print("\n".join(m for m in metrics if "val_loss" in m), flush=True)
 
 
 if __name__ == "__main__":

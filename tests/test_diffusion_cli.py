@@ -17,16 +17,48 @@ from tinygen.cli.main import main
 from tinygen.data.shapes import COLORS, SHAPES
 from tinygen.train import checkpoint as ckpt
 
-TINY = ["--preset", "tiny", "--image-size", "16", "--n-train", "256", "--max-iters", "4",
-        "--eval-interval", "4", "--eval-iters", "1", "--num-train-timesteps", "20",
-        "--no-progress", "--device", "cpu"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--image-size",
+    "16",
+    "--n-train",
+    "256",
+    "--max-iters",
+    "4",
+    "--eval-interval",
+    "4",
+    "--eval-iters",
+    "1",
+    "--num-train-timesteps",
+    "20",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
 def class_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("diffusion") / "run"
-    assert main(["train", "diffusion", "--cond", "class", "--objective", "v_prediction",
-                 "--min-snr-gamma", "5", "--out", str(out), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "diffusion",
+                "--cond",
+                "class",
+                "--objective",
+                "v_prediction",
+                "--min-snr-gamma",
+                "5",
+                "--out",
+                str(out),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -38,8 +70,9 @@ def evaluator_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("evaluator")
     torch.manual_seed(0)
     config = EvaluatorConfig(image_size=16, width=8, feature_dim=16)
-    ckpt.write_json(out / ckpt.CONFIG_FILE,
-                    {"model_type": "shapes-evaluator", "model": asdict(config)})
+    ckpt.write_json(
+        out / ckpt.CONFIG_FILE, {"model_type": "shapes-evaluator", "model": asdict(config)}
+    )
     ckpt.save_weights(ShapesEvaluator(config), out / ckpt.BEST_FILE, {"step": 0})
     return out
 
@@ -62,37 +95,104 @@ def test_train_writes_a_run_that_records_the_objective(class_run):
 
 def test_sample_writes_grid_and_denoising_strip(class_run, tmp_path):
     out = tmp_path / "grid.png"
-    assert main(["sample", "diffusion", "--run", str(class_run), "--sampler", "ddpm",
-                 "--steps", "10", "--n", "6", "--label", "red circle", "--guidance", "3",
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "diffusion",
+                "--run",
+                str(class_run),
+                "--sampler",
+                "ddpm",
+                "--steps",
+                "10",
+                "--n",
+                "6",
+                "--label",
+                "red circle",
+                "--guidance",
+                "3",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     # 6 images of 16 px -> a 3 x 2 grid with 2 px padding, magnified 4x
     assert Image.open(out).size == ((3 * 18 + 2) * 4, (2 * 18 + 2) * 4)
     # strip: every step (10 steps, every 1st) in two rows: x_t and predicted x_0
     assert Image.open(tmp_path / "grid_strip.png").size == ((10 * 18 + 2) * 4, (2 * 18 + 2) * 4)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--label", "pink blob"], "pink"),
-    (["--steps", "21"], "exceeds the 20 training steps"),
-    (["--eta", "1.5"], "eta must be in"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--label", "pink blob"], "pink"),
+        (["--steps", "21"], "exceeds the 20 training steps"),
+        (["--eta", "1.5"], "eta must be in"),
+    ],
+)
 def test_bad_sampling_input_is_one_line_error(class_run, tmp_path, capsys, args, message):
-    code = main(["sample", "diffusion", "--run", str(class_run), "--n", "2", "--steps", "2",
-                 "--out", str(tmp_path / "x.png"), "--device", "cpu", *args])
+    code = main(
+        [
+            "sample",
+            "diffusion",
+            "--run",
+            str(class_run),
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "x.png"),
+            "--device",
+            "cpu",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
 
 
-def test_eval_has_one_row_per_setting_and_ddpm_at_the_training_steps(class_run, evaluator_run,
-                                                                      tmp_path):
+def test_eval_has_one_row_per_setting_and_ddpm_at_the_training_steps(
+    class_run, evaluator_run, tmp_path
+):
     out = tmp_path / "eval"
-    assert main(["eval", "diffusion", "--run", str(class_run), "--guidance", "0,2",
-                 "--steps", "5,20", "--n", "6", "--n-ddpm", "4", "--evaluator",
-                 str(evaluator_run), "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "diffusion",
+                "--run",
+                str(class_run),
+                "--guidance",
+                "0,2",
+                "--steps",
+                "5,20",
+                "--n",
+                "6",
+                "--n-ddpm",
+                "4",
+                "--evaluator",
+                str(evaluator_run),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "eval.json").read_text())
     settings = [(r["sampler"], r["steps"], r["guidance"], r["n"]) for r in rows]
-    assert settings == [("ddim", 5, 0.0, 6), ("ddim", 5, 2.0, 6), ("ddpm", 20, 0.0, 4),
-                        ("ddpm", 20, 2.0, 4)]
+    assert settings == [
+        ("ddim", 5, 0.0, 6),
+        ("ddim", 5, 2.0, 6),
+        ("ddpm", 20, 0.0, 4),
+        ("ddpm", 20, 2.0, 4),
+    ]
     assert all(0.0 <= r["fidelity"] <= 1.0 and r["feature_distance"] >= 0 for r in rows)
     assert len((out / "eval.md").read_text().splitlines()) == 2 + len(rows)
     assert (out / "fidelity_diversity.png").is_file()
@@ -104,23 +204,83 @@ def test_classifier_guidance_on_an_unconditional_model(tmp_path, evaluator_run):
     assert main(["train", "diffusion", "--out", str(base), *TINY]) == 0
     assert main(["train", "noisy-classifier", "--out", str(clf), *TINY]) == 0
     rows_dir = tmp_path / "eval"
-    assert main(["eval", "diffusion", "--run", str(base), "--classifier", str(clf),
-                 "--classifier-scales", "0,4", "--steps", "3", "--n", "4", "--evaluator",
-                 str(evaluator_run), "--out", str(rows_dir), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "diffusion",
+                "--run",
+                str(base),
+                "--classifier",
+                str(clf),
+                "--classifier-scales",
+                "0,4",
+                "--steps",
+                "3",
+                "--n",
+                "4",
+                "--evaluator",
+                str(evaluator_run),
+                "--out",
+                str(rows_dir),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((rows_dir / "eval.json").read_text())
     assert [r["classifier_scale"] for r in rows] == [0.0, 4.0]
     # the classifier changes the samples: the same seeds give different images
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for scale, path in ((0, a), (50, b)):
-        assert main(["sample", "diffusion", "--run", str(base), "--classifier", str(clf),
-                     "--classifier-scale", str(scale), "--label", "red circle", "--n", "2",
-                     "--steps", "3", "--out", str(path), "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "diffusion",
+                    "--run",
+                    str(base),
+                    "--classifier",
+                    str(clf),
+                    "--classifier-scale",
+                    str(scale),
+                    "--label",
+                    "red circle",
+                    "--n",
+                    "2",
+                    "--steps",
+                    "3",
+                    "--out",
+                    str(path),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     assert Image.open(a).tobytes() != Image.open(b).tobytes()
 
 
 def test_unconditional_model_rejects_a_label_without_classifier(tmp_path, capsys):
     base = tmp_path / "uncond"
     assert main(["train", "diffusion", "--out", str(base), *TINY]) == 0
-    code = main(["sample", "diffusion", "--run", str(base), "--label", "red circle", "--n", "2",
-                 "--steps", "2", "--out", str(tmp_path / "x.png"), "--device", "cpu"])
+    code = main(
+        [
+            "sample",
+            "diffusion",
+            "--run",
+            str(base),
+            "--label",
+            "red circle",
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "x.png"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2 and "--classifier" in capsys.readouterr().err

@@ -25,14 +25,22 @@ from tinygen.train.config import TrainConfig
 from tinygen.train.runs import load_model
 from tinygen.train.trainer import Trainer
 
-TINY_UNET = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                       attention_resolutions=(8,), head_channels=16, norm_groups=8)
+TINY_UNET = UNetConfig(
+    image_size=16,
+    base_channels=16,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(8,),
+    head_channels=16,
+    norm_groups=8,
+)
 
 
 def tiny_model(seed: int = 0, **overrides) -> DiffusionModel:
     torch.manual_seed(seed)
-    config = DiffusionConfig(unet=TINY_UNET, conditioning="class", num_classes=48,
-                             num_train_timesteps=100, **overrides)
+    config = DiffusionConfig(
+        unet=TINY_UNET, conditioning="class", num_classes=48, num_train_timesteps=100, **overrides
+    )
     model = DiffusionModel(config)
     with torch.no_grad():  # break the zero init so outputs depend on labels
         for p in model.parameters():
@@ -60,7 +68,8 @@ def test_min_snr_weighting_gives_x0_loss_weighted_by_min_snr_gamma(prediction_ty
     x0_hat = schedule.predict_x0(output, x_t, t, prediction_type)
     snr = schedule.snr(t)
     weighted = (output - target).square().mean((1, 2, 3)) * min_snr_weights(
-        snr, gamma, prediction_type)
+        snr, gamma, prediction_type
+    )
     expected = torch.clamp(snr, max=gamma) * (x0_hat - x0).square().mean((1, 2, 3))
     assert torch.allclose(weighted, expected, rtol=1e-3, atol=1e-6)
 
@@ -71,8 +80,10 @@ def test_training_loss_is_the_mse_to_the_target_of_the_objective():
     x0, noise = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g)
     t, labels = torch.tensor([1, 50, 99]), torch.tensor([0, 7, 47])
     x_t = model.schedule.add_noise(x0, noise, t)
-    v = model.schedule.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1) * noise - \
-        model.schedule.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1) * x0
+    v = (
+        model.schedule.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1) * noise
+        - model.schedule.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1) * x0
+    )
     expected = (model(x_t, t, labels) - v).square().mean()
     assert torch.allclose(model.training_loss(x0, noise, t, labels), expected, atol=1e-6)
 
@@ -106,8 +117,14 @@ def test_guidance_zero_is_unconditional_and_one_is_conditional():
     x_T = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(5))
 
     def run(model_fn):
-        return sample(model_fn, (n, 3, 16, 16), schedule=model.schedule, num_inference_steps=5,
-                      x_T=x_T, progress=False).clamp(-1, 1)
+        return sample(
+            model_fn,
+            (n, 3, 16, 16),
+            schedule=model.schedule,
+            num_inference_steps=5,
+            x_T=x_T,
+            progress=False,
+        ).clamp(-1, 1)
 
     null = torch.full((n,), model.null_label)
     expect_uncond = run(lambda x, t: model(x, t, null))
@@ -116,8 +133,9 @@ def test_guidance_zero_is_unconditional_and_one_is_conditional():
 
     def generate(scale):
         # generate draws x_T from the generator: same seed, same x_T as above
-        return model.generate(n, labels=labels, guidance=scale, steps=5,
-                              generator=torch.Generator().manual_seed(5))
+        return model.generate(
+            n, labels=labels, guidance=scale, steps=5, generator=torch.Generator().manual_seed(5)
+        )
 
     assert torch.allclose(generate(0.0), expect_uncond, atol=1e-5)
     assert torch.allclose(generate(1.0), expect_cond, atol=1e-5)
@@ -142,11 +160,13 @@ def test_bad_sampling_inputs_are_clear_errors():
 
 def test_classifier_on_another_schedule_is_refused():
     model = tiny_model()
-    classifier = NoisyClassifier(NoisyClassifierConfig(unet=TINY_UNET, beta_schedule="cosine",
-                                                       num_train_timesteps=100))
+    classifier = NoisyClassifier(
+        NoisyClassifierConfig(unet=TINY_UNET, beta_schedule="cosine", num_train_timesteps=100)
+    )
     with pytest.raises(TinygenError, match="same --schedule"):
-        model.generate(2, labels=torch.tensor([0, 1]), steps=2, classifier=classifier,
-                       classifier_scale=1.0)
+        model.generate(
+            2, labels=torch.tensor([0, 1]), steps=2, classifier=classifier, classifier_scale=1.0
+        )
 
 
 def test_noisy_classifier_returns_logits_per_class():
@@ -160,15 +180,29 @@ def test_short_training_lowers_loss_and_ema_is_exact(shapes_data, tmp_path):
     config = DiffusionConfig(unet=TINY_UNET, conditioning="class", num_train_timesteps=100)
     model = DiffusionModel(config)
     task = DiffusionTask(model, shapes_data)
-    train = TrainConfig(max_iters=60, batch_size=32, learning_rate=2e-3, warmup_iters=5,
-                        eval_interval=60, eval_iters=4, log_interval=10, weight_decay=0.0,
-                        ema_decay=0.9, device="cpu")
+    train = TrainConfig(
+        max_iters=60,
+        batch_size=32,
+        learning_rate=2e-3,
+        warmup_iters=5,
+        eval_interval=60,
+        eval_iters=4,
+        log_interval=10,
+        weight_decay=0.0,
+        ema_decay=0.9,
+        device="cpu",
+    )
     gen = torch.Generator().manual_seed(123)
     val = [task.get_batch("val", 32, gen) for _ in range(4)]
     with torch.no_grad():
         before = sum(task.loss(model, b).item() for b in val) / 4
-    trainer = Trainer(task, train, tmp_path / "run", progress=False,
-                      run_config={"model_type": "diffusion", "model": asdict(config)})
+    trainer = Trainer(
+        task,
+        train,
+        tmp_path / "run",
+        progress=False,
+        run_config={"model_type": "diffusion", "model": asdict(config)},
+    )
     # EMA: after each step, ema = d * ema + (1 - d) * weights -- replay it by hand
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     original_update = trainer.ema.update

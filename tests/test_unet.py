@@ -13,8 +13,15 @@ from tinygen.nn.unet import AttentionBlock, UNet, UNetConfig
 
 
 def tiny(**overrides) -> UNetConfig:
-    base = dict(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                attention_resolutions=(8,), head_channels=8, norm_groups=8)
+    base = dict(
+        image_size=16,
+        base_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        head_channels=8,
+        norm_groups=8,
+    )
     return UNetConfig(**{**base, **overrides})
 
 
@@ -73,8 +80,12 @@ def test_untrained_unet_outputs_zero_so_residual_paths_start_as_identity():
 def test_every_parameter_gets_a_gradient_once_the_output_layer_is_nonzero():
     torch.manual_seed(0)
     model = randomise(UNet(tiny(num_classes=5, context_dim=12)))
-    out = model(torch.randn(2, 3, 16, 16), torch.tensor([1, 500]), torch.tensor([0, 4]),
-                torch.randn(2, 3, 12))
+    out = model(
+        torch.randn(2, 3, 16, 16),
+        torch.tensor([1, 500]),
+        torch.tensor([0, 4]),
+        torch.randn(2, 3, 12),
+    )
     out.square().mean().backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert unused == []
@@ -95,8 +106,9 @@ def test_pixel_attention_is_equivariant_to_permuting_pixels():
     # no positional encoding: permuting the H*W tokens permutes the output the same way,
     # which fails if the (B, C, H, W) <-> (B, H*W, C) reshapes mix channels and pixels
     torch.manual_seed(0)
-    block = randomise(AttentionBlock(16, head_channels=8, context_dim=None, norm_groups=4,
-                                     dropout=0.0))
+    block = randomise(
+        AttentionBlock(16, head_channels=8, context_dim=None, norm_groups=4, dropout=0.0)
+    )
     x = torch.randn(2, 16, 4, 4)
     perm = torch.randperm(16)
     permute = lambda t: t.flatten(2)[:, :, perm].view_as(t)  # noqa: E731

@@ -27,7 +27,7 @@ PRESETS: dict[str, tuple[CLIPConfig, TrainConfig]] = {
             text_heads=4,
         ),
         TrainConfig(
-            max_iters=1500,
+            max_iters=2000,
             batch_size=128,
             learning_rate=2e-3,
             min_lr=1e-4,

@@ -17,18 +17,41 @@ from tinygen.train.config import TrainConfig
 # Named recipes: (U-Net, training). "shapes" is the 30-minute CPU recipe of docs/benchmarks.md.
 PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
     "tiny": (
-        UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                   attention_resolutions=(8,), head_channels=16, norm_groups=8),
-        TrainConfig(max_iters=200, batch_size=16, learning_rate=1e-3, warmup_iters=20,
-                    eval_interval=100, eval_iters=4, log_interval=10, weight_decay=0.0,
-                    ema_decay=0.99),
+        UNetConfig(
+            base_channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(8,),
+            head_channels=16,
+            norm_groups=8,
+        ),
+        TrainConfig(
+            max_iters=200,
+            batch_size=16,
+            learning_rate=1e-3,
+            warmup_iters=20,
+            eval_interval=100,
+            eval_iters=4,
+            log_interval=10,
+            weight_decay=0.0,
+            ema_decay=0.99,
+        ),
     ),
     "shapes": (
-        UNetConfig(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
-                   attention_resolutions=(8,)),
-        TrainConfig(max_iters=1600, batch_size=48, learning_rate=1e-3, warmup_iters=100,
-                    eval_interval=400, eval_iters=5, log_interval=20, weight_decay=0.0,
-                    ema_decay=0.995),
+        UNetConfig(
+            base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_resolutions=(8,)
+        ),
+        TrainConfig(
+            max_iters=1600,
+            batch_size=48,
+            learning_rate=1e-3,
+            warmup_iters=100,
+            eval_interval=400,
+            eval_iters=5,
+            log_interval=20,
+            weight_decay=0.0,
+            ema_decay=0.995,
+        ),
     ),
 }
 UNET_EXCLUDE = ("in_channels", "out_channels", "num_classes", "context_dim")
@@ -43,81 +66,138 @@ def _ints(text: str) -> list[int]:
 
 
 def register(commands) -> None:
-    for name, helptext in (("diffusion", "train a DDPM-style diffusion model (U-Net)"),
-                           ("noisy-classifier", "train a classifier on noisy images x_t, for "
-                                                "classifier guidance")):
+    for name, helptext in (
+        ("diffusion", "train a DDPM-style diffusion model (U-Net)"),
+        ("noisy-classifier", "train a classifier on noisy images x_t, for classifier guidance"),
+    ):
         train = commands.train.add_parser(name, help=helptext, description=helptext)
-        train.add_argument("--data", default="shapes",
-                           help="shapes (the built-in world) | PATH to a folder of images")
+        train.add_argument(
+            "--data",
+            default="shapes",
+            help="shapes (the built-in world) | PATH to a folder of images",
+        )
         train.add_argument("--preset", choices=sorted(PRESETS), default="shapes")
-        train.add_argument("--schedule", dest="beta_schedule", default="linear",
-                           help="beta schedule: linear | scaled_linear | cosine")
+        train.add_argument(
+            "--schedule",
+            dest="beta_schedule",
+            default="linear",
+            help="beta schedule: linear | scaled_linear | cosine",
+        )
         train.add_argument("--num-train-timesteps", type=int, default=1000)
-        train.add_argument("--n-train", type=int, default=20000,
-                           help="shapes images to draw for training (default 20000)")
-        train.add_argument("--out", type=Path, default=None, help=f"run directory "
-                           f"(default runs/{name})")
+        train.add_argument(
+            "--n-train",
+            type=int,
+            default=20000,
+            help="shapes images to draw for training (default 20000)",
+        )
+        train.add_argument(
+            "--out", type=Path, default=None, help=f"run directory (default runs/{name})"
+        )
         train.add_argument("--resume", action="store_true", help="continue the run in --out")
         train.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "diffusion":
-            train.add_argument("--cond", dest="conditioning", default="none",
-                               help="none | class ((colour, shape) label with a null label)")
-            train.add_argument("--objective", dest="prediction_type", default="epsilon",
-                               help="epsilon | sample | v_prediction")
-            train.add_argument("--min-snr-gamma", type=float, default=0.0,
-                               help="min-SNR-gamma loss weighting (e.g. 5); 0 disables")
-            train.add_argument("--cond-drop-prob", type=float, default=0.1,
-                               help="how often the label is dropped for CFG (default 0.1)")
+            train.add_argument(
+                "--cond",
+                dest="conditioning",
+                default="none",
+                help="none | class ((colour, shape) label with a null label)",
+            )
+            train.add_argument(
+                "--objective",
+                dest="prediction_type",
+                default="epsilon",
+                help="epsilon | sample | v_prediction",
+            )
+            train.add_argument(
+                "--min-snr-gamma",
+                type=float,
+                default=0.0,
+                help="min-SNR-gamma loss weighting (e.g. 5); 0 disables",
+            )
+            train.add_argument(
+                "--cond-drop-prob",
+                type=float,
+                default=0.1,
+                help="how often the label is dropped for CFG (default 0.1)",
+            )
         add_dataclass_flags(train, UNetConfig, exclude=UNET_EXCLUDE, title="U-Net")
         add_dataclass_flags(train, TrainConfig, title="training")
         train.set_defaults(func=train_diffusion if name == "diffusion" else train_classifier)
 
     sample = commands.sample.add_parser(
-        "diffusion", help="draw images from a trained diffusion run",
-        description="Draw a grid of samples and a denoising strip (x_t and predicted x_0).")
+        "diffusion",
+        help="draw images from a trained diffusion run",
+        description="Draw a grid of samples and a denoising strip (x_t and predicted x_0).",
+    )
     _add_sampling_flags(sample)
     sample.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
     sample.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    sample.add_argument("--guidance", type=float, default=2.0,
-                        help="classifier-free guidance scale (class models; default 2)")
+    sample.add_argument(
+        "--guidance",
+        type=float,
+        default=2.0,
+        help="classifier-free guidance scale (class models; default 2)",
+    )
     sample.add_argument("--classifier-scale", type=float, default=1.0)
-    sample.add_argument("--label", default=None,
-                        help='class to draw, e.g. "red circle" (comma-separate several); '
-                             "default: cycle through the classes")
+    sample.add_argument(
+        "--label",
+        default=None,
+        help='class to draw, e.g. "red circle" (comma-separate several); '
+        "default: cycle through the classes",
+    )
     sample.add_argument("--n", type=int, default=16, help="images (default 16)")
     sample.add_argument("--out", type=Path, default=Path("grid.png"))
-    sample.add_argument("--strip", type=Path, default=None,
-                        help="denoising strip picture (default OUT_strip.png)")
+    sample.add_argument(
+        "--strip", type=Path, default=None, help="denoising strip picture (default OUT_strip.png)"
+    )
     sample.set_defaults(func=sample_diffusion)
 
     evaluate = commands.eval.add_parser(
-        "diffusion", help="prompt fidelity and feature distance over sampling settings",
+        "diffusion",
+        help="prompt fidelity and feature distance over sampling settings",
         description="Fidelity (shapes evaluator) and feature distance for every guidance x "
-                    "steps combination; steps equal to the training steps use DDPM, fewer "
-                    "DDIM. Writes eval.json, eval.md and fidelity_diversity.png.")
+        "steps combination; steps equal to the training steps use DDPM, fewer "
+        "DDIM. Writes eval.json, eval.md and fidelity_diversity.png.",
+    )
     _add_sampling_flags(evaluate)
     evaluate.add_argument("--guidance", type=_floats, default=[0.0, 1.0, 2.0, 4.0])
     evaluate.add_argument("--steps", type=_ints, default=[10, 25, 50, 1000])
-    evaluate.add_argument("--classifier-scales", type=_floats, default=None,
-                          help="with --classifier: sweep these scales (e.g. 0,1,2,4,8)")
+    evaluate.add_argument(
+        "--classifier-scales",
+        type=_floats,
+        default=None,
+        help="with --classifier: sweep these scales (e.g. 0,1,2,4,8)",
+    )
     evaluate.add_argument("--n", type=int, default=256, help="images per setting")
-    evaluate.add_argument("--n-ddpm", type=int, default=None,
-                          help="images for full-length DDPM settings (default --n)")
+    evaluate.add_argument(
+        "--n-ddpm",
+        type=int,
+        default=None,
+        help="images for full-length DDPM settings (default --n)",
+    )
     evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--evaluator", type=Path, default=None,
-                          help="evaluator run (default: $TINYGEN_EVALUATOR, the cache, "
-                               "runs/evaluator)")
+    evaluate.add_argument(
+        "--evaluator",
+        type=Path,
+        default=None,
+        help="evaluator run (default: $TINYGEN_EVALUATOR, the cache, runs/evaluator)",
+    )
     evaluate.add_argument("--out", type=Path, default=None, help="default RUN/eval")
     evaluate.set_defaults(func=eval_diffusion)
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, required=True, help="diffusion run directory")
-    parser.add_argument("--checkpoint", choices=("ema", "best", "last"), default="ema",
-                        help="weights to load (default ema; falls back to last without EMA)")
+    parser.add_argument(
+        "--checkpoint",
+        choices=("ema", "best", "last"),
+        default="ema",
+        help="weights to load (default ema; falls back to last without EMA)",
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
-    parser.add_argument("--classifier", type=Path, default=None,
-                        help="noisy-classifier run for classifier guidance")
+    parser.add_argument(
+        "--classifier", type=Path, default=None, help="noisy-classifier run for classifier guidance"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
 
@@ -144,15 +224,25 @@ def _fit(task, model, train_config: TrainConfig, out: Path, run_config: dict, ar
     from tinygen.train.trainer import Trainer
 
     torch.manual_seed(train_config.seed)
-    trainer = Trainer(task, train_config, out, run_config=run_config, resume=args.resume,
-                      progress=not args.no_progress)
+    trainer = Trainer(
+        task,
+        train_config,
+        out,
+        run_config=run_config,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     if trainer.dist.is_main:
-        print(f"{run_config['model_type']} with {model.num_params() / 1e6:.2f}M parameters -> "
-              f"{out}", file=sys.stderr)
+        print(
+            f"{run_config['model_type']} with {model.num_params() / 1e6:.2f}M parameters -> {out}",
+            file=sys.stderr,
+        )
     result = trainer.fit()
     if result.interrupted:
-        print(f"interrupted at step {result.step}; continue with --resume --out {out}",
-              file=sys.stderr)
+        print(
+            f"interrupted at step {result.step}; continue with --resume --out {out}",
+            file=sys.stderr,
+        )
         return 130
     return 0
 
@@ -163,16 +253,23 @@ def train_diffusion(args: argparse.Namespace) -> int:
     unet, train_config = _configs(args)
     data = _load_data(args, unet.image_size, train_config.seed)
     config = DiffusionConfig(
-        unet=unet, beta_schedule=args.beta_schedule,
-        num_train_timesteps=args.num_train_timesteps, prediction_type=args.prediction_type,
-        conditioning=args.conditioning, num_classes=data.num_classes or 48,
-        cond_drop_prob=args.cond_drop_prob, min_snr_gamma=args.min_snr_gamma,
+        unet=unet,
+        beta_schedule=args.beta_schedule,
+        num_train_timesteps=args.num_train_timesteps,
+        prediction_type=args.prediction_type,
+        conditioning=args.conditioning,
+        num_classes=data.num_classes or 48,
+        cond_drop_prob=args.cond_drop_prob,
+        min_snr_gamma=args.min_snr_gamma,
     )
     torch.manual_seed(train_config.seed)
     model = DiffusionModel(config)
     task = DiffusionTask(model, data)
-    run_config = {"model_type": "diffusion", "model": dataclasses.asdict(config),
-                  "data": data.describe()}
+    run_config = {
+        "model_type": "diffusion",
+        "model": dataclasses.asdict(config),
+        "data": data.describe(),
+    }
     return _fit(task, model, train_config, args.out or Path("runs/diffusion"), run_config, args)
 
 
@@ -185,14 +282,20 @@ def train_classifier(args: argparse.Namespace) -> int:
 
     unet, train_config = _configs(args)
     data = _load_data(args, unet.image_size, train_config.seed)
-    config = NoisyClassifierConfig(unet=unet, num_classes=data.num_classes or 48,
-                                   beta_schedule=args.beta_schedule,
-                                   num_train_timesteps=args.num_train_timesteps)
+    config = NoisyClassifierConfig(
+        unet=unet,
+        num_classes=data.num_classes or 48,
+        beta_schedule=args.beta_schedule,
+        num_train_timesteps=args.num_train_timesteps,
+    )
     torch.manual_seed(train_config.seed)
     model = NoisyClassifier(config)
     task = NoisyClassifierTask(model, data)
-    run_config = {"model_type": "noisy-classifier", "model": dataclasses.asdict(config),
-                  "data": data.describe()}
+    run_config = {
+        "model_type": "noisy-classifier",
+        "model": dataclasses.asdict(config),
+        "data": data.describe(),
+    }
     out = args.out or Path("runs/noisy-classifier")
     return _fit(task, model, train_config, out, run_config, args)
 
@@ -215,16 +318,17 @@ def _load(args: argparse.Namespace):
     if args.classifier is not None:
         classifier, cconfig = load_model(args.classifier, which="last", device=device)
         if cconfig["model_type"] != "noisy-classifier":
-            raise TinygenError(f"--classifier {args.classifier} is a {cconfig['model_type']} "
-                               "run; train one with `tinygen train noisy-classifier`")
+            raise TinygenError(
+                f"--classifier {args.classifier} is a {cconfig['model_type']} "
+                "run; train one with `tinygen train noisy-classifier`"
+            )
     return model, classifier, device
 
 
 def parse_labels(text: str | None, n: int, num_classes: int = 48) -> torch.Tensor:
     """`--label "red circle,blue star"` -> (n,) class indices, cycling through the given
     labels (or, without --label, through the classes of the training split)."""
-    from tinygen.data.shapes import combo_index, parse_prompt
-    from tinygen.data.shapes import allowed_combos
+    from tinygen.data.shapes import allowed_combos, combo_index, parse_prompt
 
     if text is None:
         pool = allowed_combos("train")
@@ -233,8 +337,9 @@ def parse_labels(text: str | None, n: int, num_classes: int = 48) -> torch.Tenso
         for part in [p.strip() for p in text.split(",") if p.strip()]:
             attrs = parse_prompt(part)
             if "color" not in attrs or "shape" not in attrs:
-                raise TinygenError(f"--label {part!r} must name a colour and a shape, e.g. "
-                                   "'red circle'")
+                raise TinygenError(
+                    f"--label {part!r} must name a colour and a shape, e.g. 'red circle'"
+                )
             pool.append(combo_index(attrs["color"], attrs["shape"]))
     return torch.tensor([pool[i % len(pool)] for i in range(n)])
 
@@ -258,17 +363,27 @@ def sample_diffusion(args: argparse.Namespace) -> int:
 
     gen = torch.Generator(device=device).manual_seed(args.seed)
     images = model.generate(
-        args.n, labels=labels, guidance=args.guidance, sampler=args.sampler, steps=args.steps,
-        eta=args.eta, generator=gen, classifier=classifier,
+        args.n,
+        labels=labels,
+        guidance=args.guidance,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        generator=gen,
+        classifier=classifier,
         classifier_scale=args.classifier_scale if classifier is not None else 0.0,
-        callback=record, progress=True,
+        callback=record,
+        progress=True,
     )
     save_image_grid(images, args.out, scale=4)
     strip_path = args.strip or args.out.with_name(args.out.stem + "_strip.png")
     pictures = torch.cat([torch.stack([s[0] for s in strip]), torch.stack([s[1] for s in strip])])
     save_image_grid(pictures, strip_path, nrow=len(strip), scale=4)
-    print(f"wrote {args.out} ({args.n} images) and {strip_path} (top: x_t, bottom: predicted "
-          f"x_0, over {args.steps} {args.sampler} steps)", file=sys.stderr)
+    print(
+        f"wrote {args.out} ({args.n} images) and {strip_path} (top: x_t, bottom: predicted "
+        f"x_0, over {args.steps} {args.sampler} steps)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -293,9 +408,17 @@ def eval_diffusion(args: argparse.Namespace) -> int:
         else:
             settings.append(Setting(1.0, sampler, steps, 0.0, args.eta))
     n_for = {total: args.n_ddpm} if args.n_ddpm else None
-    rows = evaluate_settings(model, settings, n=args.n, n_for=n_for, evaluator=evaluator,
-                             classifier=classifier, batch_size=args.batch_size, seed=args.seed,
-                             log=lambda line: print(line, file=sys.stderr))
+    rows = evaluate_settings(
+        model,
+        settings,
+        n=args.n,
+        n_for=n_for,
+        evaluator=evaluator,
+        classifier=classifier,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        log=lambda line: print(line, file=sys.stderr),
+    )
     paths = write_report(rows, args.out or args.run / "eval", title=str(args.run))
     print(paths["table"].read_text())
     print(f"wrote {paths['json']}, {paths['table']} and {paths['plot']}", file=sys.stderr)

@@ -48,25 +48,39 @@ def eval_labels(n: int, seed: int = 0, image_size: int = 32) -> tuple[Tensor, Te
     real = generate_shapes(n, split="val", seed=seed, image_size=image_size)
     color, shape = real.labels["color"], real.labels["shape"]
     labels = color * len(SHAPES) + shape
-    prompts = [canonical_prompt(COLORS[c], SHAPES[s]) for c, s in zip(color.tolist(),
-                                                                       shape.tolist())]
+    prompts = [
+        canonical_prompt(COLORS[c], SHAPES[s]) for c, s in zip(color.tolist(), shape.tolist())
+    ]
     return real.images, labels, prompts
 
 
 @torch.no_grad()
-def generate_for_labels(model: nn.Module, labels: Tensor, setting: Setting, *,
-                        batch_size: int = 256, seed: int = 0,
-                        classifier: nn.Module | None = None) -> Tensor:
+def generate_for_labels(
+    model: nn.Module,
+    labels: Tensor,
+    setting: Setting,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+    classifier: nn.Module | None = None,
+) -> Tensor:
     """Samples (N, C, H, W) for `labels` (N,), in batches, each batch seeded from `seed`."""
     parts = []
     for i, chunk in enumerate(labels.split(batch_size)):
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + i)
-        parts.append(model.generate(
-            len(chunk), labels=chunk if _needs_labels(model, setting) else None,
-            guidance=setting.guidance, sampler=setting.sampler, steps=setting.steps,
-            eta=setting.eta, generator=gen, classifier=classifier,
-            classifier_scale=setting.classifier_scale,
-        ).cpu())
+        parts.append(
+            model.generate(
+                len(chunk),
+                labels=chunk if _needs_labels(model, setting) else None,
+                guidance=setting.guidance,
+                sampler=setting.sampler,
+                steps=setting.steps,
+                eta=setting.eta,
+                generator=gen,
+                classifier=classifier,
+                classifier_scale=setting.classifier_scale,
+            ).cpu()
+        )
     return torch.cat(parts)
 
 
@@ -75,8 +89,15 @@ def _needs_labels(model: nn.Module, setting: Setting) -> bool:
 
 
 def evaluate_settings(
-    model: nn.Module, settings: list[Setting], *, n: int = 256, n_for: dict | None = None,
-    evaluator=None, classifier: nn.Module | None = None, batch_size: int = 256, seed: int = 0,
+    model: nn.Module,
+    settings: list[Setting],
+    *,
+    n: int = 256,
+    n_for: dict | None = None,
+    evaluator=None,
+    classifier: nn.Module | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
     log=print,
 ) -> list[dict]:
     """One row per setting: fidelity ("all", "color", "shape"), feature distance, seconds.
@@ -93,26 +114,38 @@ def evaluate_settings(
     for setting in settings:
         count = (n_for or {}).get(setting.steps, n)
         start = time.perf_counter()
-        images = generate_for_labels(model, labels[:count], setting, batch_size=batch_size,
-                                     seed=seed, classifier=classifier)
+        images = generate_for_labels(
+            model, labels[:count], setting, batch_size=batch_size, seed=seed, classifier=classifier
+        )
         seconds = time.perf_counter() - start
         fidelity = prompt_fidelity(images.to(real.device), prompts[:count], evaluator=evaluator)
         distance = feature_distance(images, real[:count], evaluator=evaluator)
-        row = {**asdict(setting), "n": count, "fidelity": fidelity["all"],
-               "color": fidelity.get("color"), "shape": fidelity.get("shape"),
-               "feature_distance": distance, "seconds": seconds,
-               "stderr": math.sqrt(max(fidelity["all"] * (1 - fidelity["all"]), 1e-12) / count)}
+        row = {
+            **asdict(setting),
+            "n": count,
+            "fidelity": fidelity["all"],
+            "color": fidelity.get("color"),
+            "shape": fidelity.get("shape"),
+            "feature_distance": distance,
+            "seconds": seconds,
+            "stderr": math.sqrt(max(fidelity["all"] * (1 - fidelity["all"]), 1e-12) / count),
+        }
         rows.append(row)
-        log(f"{setting.name}: fidelity {row['fidelity']:.3f} (colour {row['color']:.3f}, "
+        log(
+            f"{setting.name}: fidelity {row['fidelity']:.3f} (colour {row['color']:.3f}, "
             f"shape {row['shape']:.3f}), feature distance {distance:.2f}, n {count}, "
-            f"{seconds:.0f} s")
+            f"{seconds:.0f} s"
+        )
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a markdown table (fidelity in percent with its standard error)."""
-    lines = ["| sampler | steps | guidance | classifier scale | n | fidelity % | colour % | "
-             "shape % | feature distance |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| sampler | steps | guidance | classifier scale | n | fidelity % | colour % | "
+        "shape % | feature distance |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['classifier_scale']:g} "
@@ -141,8 +174,9 @@ def plot_tradeoff(rows: list[dict], path: str | Path, *, title: str = "") -> Pat
         ys = [100 * r["fidelity"] for r in group]
         ax.plot(xs, ys, marker="o", label=f"{sampler.upper()}-{steps}")
         for r, x, y in zip(group, xs, ys):
-            ax.annotate(f"{r[sweep]:g}", (x, y), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
+            ax.annotate(
+                f"{r[sweep]:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
     ax.set_xlabel("feature distance to real images (lower = closer to the data)")
     ax.set_ylabel("prompt fidelity, colour and shape right (%)")
     ax.set_title(title or "fidelity vs diversity (labels: guidance scale)")
@@ -162,8 +196,11 @@ def write_report(rows: list[dict], out_dir: str | Path, *, title: str = "") -> d
         raise TinygenError("no settings were evaluated; pass at least one --guidance and --steps")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "eval.json", "table": out_dir / "eval.md",
-             "plot": out_dir / "fidelity_diversity.png"}
+    paths = {
+        "json": out_dir / "eval.json",
+        "table": out_dir / "eval.md",
+        "plot": out_dir / "fidelity_diversity.png",
+    }
     paths["json"].write_text(json.dumps(rows, indent=2) + "\n")
     paths["table"].write_text(markdown_table(rows))
     plot_tradeoff(rows, paths["plot"], title=title)

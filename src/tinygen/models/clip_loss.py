@@ -14,6 +14,8 @@ gradient too (open_clip's `ClipLoss(local_loss=True, gather_with_grad=True)`).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -35,7 +37,10 @@ def gather_features(features: Tensor) -> Tensor:
         return features
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(features), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still exact
+        warnings.simplefilter("ignore", FutureWarning)
+        gathered = all_gather(features)
+    return torch.cat(gathered, dim=0)
 
 
 def clip_logits(

@@ -27,10 +27,15 @@ from tinygen.models.clip_loss import clip_loss
 
 @dataclass
 class PairSet:
-    """N images (N, C, H, W) in [-1, 1] with their captions."""
+    """N images (N, C, H, W) in [-1, 1] with their captions.
+
+    variants: optional extra captions per image (N lists of V strings), drawn in training
+    in place of the caption with probability `variant_prob` (see shapes_pairs).
+    """
 
     images: Tensor
     captions: list[str]
+    variants: list[list[str]] | None = None
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.captions):
@@ -40,23 +45,53 @@ class PairSet:
 
 
 def shapes_pairs(n: int, *, split: str, seed: int, image_size: int = 32) -> PairSet:
-    """`n` single-object shapes images with their (random-template) captions."""
-    from tinygen.data.shapes import generate_shapes
+    """`n` single-object shapes images with their (random-template) captions, and three
+    partial captions per image: "a red circle", "a large red circle", "a red circle on the
+    left". Training on captions that leave attributes out teaches the text tower that a
+    caption names what it names and no more -- so "a red star" is a sensible zero-shot
+    prompt for every red star, whatever its size and position."""
+    from tinygen.data.shapes import (
+        COLORS,
+        POSITIONS,
+        SHAPES,
+        SIZES,
+        canonical_prompt,
+        generate_shapes,
+    )
 
     batch = generate_shapes(n, split=split, seed=seed, image_size=image_size)
-    return PairSet(batch.images, batch.captions)
+    names = zip(
+        *(
+            [values[i] for i in batch.labels[key].tolist()]
+            for key, values in (
+                ("color", COLORS),
+                ("shape", SHAPES),
+                ("size", SIZES),
+                ("position", POSITIONS),
+            )
+        )
+    )
+    variants = [
+        [
+            canonical_prompt(color, shape),
+            canonical_prompt(color, shape, size),
+            canonical_prompt(color, shape, position=position),
+        ]
+        for color, shape, size, position in names
+    ]
+    return PairSet(batch.images, batch.captions, variants)
 
 
 def shapes_zero_shot_templates() -> list[str]:
-    """Prompt ensemble for a "colour shape" class: the canonical prompt with every size and
-    position (CLIP sec. 3.1.4), so no single unseen size/position wording is favoured."""
+    """Prompt ensemble for a "colour shape" class (CLIP sec. 3.1.4): the canonical prompt
+    alone, with each size, and with each position -- the partial captions of training
+    (shapes_pairs), so the average leans on no single size or position."""
     from tinygen.data.shapes import POSITIONS, SIZES, canonical_prompt
 
-    return [
-        canonical_prompt("red", "circle", size, position).replace("red circle", "{}")
-        for size in SIZES
-        for position in POSITIONS
-    ]
+    prompts = [canonical_prompt("red", "circle")]
+    prompts += [canonical_prompt("red", "circle", size) for size in SIZES]
+    prompts += [canonical_prompt("red", "circle", position=p) for p in POSITIONS]
+    return [prompt.replace("red circle", "{}") for prompt in prompts]
 
 
 @torch.no_grad()
@@ -133,12 +168,19 @@ class CLIPTask:
         val: PairSet,
         *,
         shapes_eval: dict | None = None,
+        variant_prob: float = 0.5,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.sets = {"train": train, "val": val}
-        # Captions are tokenised once; a batch is then two index_selects.
+        # Captions are tokenised once; a batch is then index_selects.
         self.tokens = {k: tokenizer.encode_batch(v.captions) for k, v in self.sets.items()}
+        self.variant_tokens = None  # (N, V, T): training captions that name fewer attributes
+        if train.variants is not None and variant_prob > 0:
+            flat = [text for texts in train.variants for text in texts]
+            n, v = len(train.variants), len(train.variants[0])
+            self.variant_tokens = tokenizer.encode_batch(flat).view(n, v, -1)
+        self.variant_prob = variant_prob
         self.shapes_eval = shapes_eval  # kwargs of evaluate_shapes, None off the shapes world
 
     def get_batch(
@@ -154,7 +196,12 @@ class CLIPTask:
                 "lower --batch-size or add data"
             )
         index = torch.randperm(n, generator=generator)[:batch_size]
-        return pairs.images[index], self.tokens[split][index]  # (B, C, H, W), (B, T)
+        tokens = self.tokens[split][index]  # (B, T)
+        if split == "train" and self.variant_tokens is not None:
+            use = torch.rand(batch_size, generator=generator) < self.variant_prob  # (B,)
+            which = torch.randint(self.variant_tokens.shape[1], (batch_size,), generator=generator)
+            tokens = torch.where(use[:, None], self.variant_tokens[index, which], tokens)
+        return pairs.images[index], tokens  # (B, C, H, W), (B, T)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         image_features, text_features, logit_scale = model(*batch)

@@ -38,7 +38,9 @@ CONDITIONINGS = ("none", "class")
 @dataclass
 class DiffusionConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
-    beta_schedule: str = field(default="linear", metadata={"help": "linear | scaled_linear | cosine"})
+    beta_schedule: str = field(
+        default="linear", metadata={"help": "linear | scaled_linear | cosine"}
+    )
     num_train_timesteps: int = 1000
     prediction_type: str = field(
         default="epsilon", metadata={"help": "epsilon | sample | v_prediction"}
@@ -65,11 +67,15 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         if self.beta_schedule not in BETA_SCHEDULES:
-            raise TinygenError(f"unknown --schedule {self.beta_schedule!r}; choose one of "
-                               f"{', '.join(BETA_SCHEDULES)}")
+            raise TinygenError(
+                f"unknown --schedule {self.beta_schedule!r}; choose one of "
+                f"{', '.join(BETA_SCHEDULES)}"
+            )
         if self.prediction_type not in PREDICTION_TYPES:
-            raise TinygenError(f"unknown --objective {self.prediction_type!r}; choose one of "
-                               f"{', '.join(PREDICTION_TYPES)}")
+            raise TinygenError(
+                f"unknown --objective {self.prediction_type!r}; choose one of "
+                f"{', '.join(PREDICTION_TYPES)}"
+            )
         if self.conditioning not in CONDITIONINGS:
             raise TinygenError(f"unknown --cond {self.conditioning!r}; choose none or class")
         if self.class_conditional and self.num_classes < 1:
@@ -77,8 +83,7 @@ class DiffusionConfig:
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise TinygenError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.min_snr_gamma < 0:
-            raise TinygenError(f"min_snr_gamma must be >= 0 (0 disables), got "
-                               f"{self.min_snr_gamma}")
+            raise TinygenError(f"min_snr_gamma must be >= 0 (0 disables), got {self.min_snr_gamma}")
 
 
 def min_snr_weights(snr: Tensor, gamma: float, prediction_type: str) -> Tensor:
@@ -122,8 +127,14 @@ class DiffusionModel(nn.Module):
         return self.unet(x_t, t, labels if self.config.class_conditional else None)
 
     def training_loss(
-        self, x0: Tensor, noise: Tensor, t: Tensor, labels: Tensor | None = None,
-        drop: Tensor | None = None, *, forward: Callable[..., Tensor] | None = None,
+        self,
+        x0: Tensor,
+        noise: Tensor,
+        t: Tensor,
+        labels: Tensor | None = None,
+        drop: Tensor | None = None,
+        *,
+        forward: Callable[..., Tensor] | None = None,
     ) -> Tensor:
         """The (weighted) MSE of Ho et al. Alg. 1 for given x_0, eps, t (B,) and labels.
 
@@ -141,8 +152,9 @@ class DiffusionModel(nn.Module):
         output = forward(x_t, t, labels)
         per_sample = F.mse_loss(output.float(), target.float(), reduction="none").mean((1, 2, 3))
         if self.config.min_snr_gamma > 0:
-            weights = min_snr_weights(self.schedule.snr(t), self.config.min_snr_gamma,
-                                      self.config.prediction_type)
+            weights = min_snr_weights(
+                self.schedule.snr(t), self.config.min_snr_gamma, self.config.prediction_type
+            )
             per_sample = per_sample * weights
         return per_sample.mean()
 
@@ -154,8 +166,9 @@ class DiffusionModel(nn.Module):
         if labels.shape != (n,):
             raise TinygenError(f"need one label per image ({n}), got shape {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.null_label):
-            raise TinygenError(f"labels must be in [0, {self.null_label - 1}], got "
-                               f"{sorted(set(labels.tolist()))}")
+            raise TinygenError(
+                f"labels must be in [0, {self.null_label - 1}], got {sorted(set(labels.tolist()))}"
+            )
 
     @torch.no_grad()
     def generate(
@@ -196,6 +209,7 @@ class DiffusionModel(nn.Module):
             null = torch.full((1,), self.null_label, dtype=torch.long, device=device)
             model_fn = guidance_lib.classifier_free_guidance(self, labels, null, guidance)
         else:
+
             def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
                 return self(x_t, t)
 
@@ -207,14 +221,25 @@ class DiffusionModel(nn.Module):
             y = labels.to(device)
             if sampler == "ddpm":
                 extra["mean_shift_fn"] = guidance_lib.classifier_mean_shift(
-                    classifier, y, classifier_scale)
+                    classifier, y, classifier_scale
+                )
             else:
                 extra["guidance_fn"] = guidance_lib.classifier_eps_shift(
-                    classifier, y, classifier_scale, self.schedule, self.config.prediction_type)
+                    classifier, y, classifier_scale, self.schedule, self.config.prediction_type
+                )
         return sample(
-            model_fn, (n, *self.image_shape), schedule=self.schedule, sampler=sampler,
-            num_inference_steps=steps, eta=eta, prediction_type=self.config.prediction_type,
-            generator=generator, device=device, progress=progress, callback=callback, **extra,
+            model_fn,
+            (n, *self.image_shape),
+            schedule=self.schedule,
+            sampler=sampler,
+            num_inference_steps=steps,
+            eta=eta,
+            prediction_type=self.config.prediction_type,
+            generator=generator,
+            device=device,
+            progress=progress,
+            callback=callback,
+            **extra,
         ).clamp(-1, 1)
 
 
@@ -237,12 +262,20 @@ class ImageData:
     """Training images (and class labels) for diffusion: the shapes world or a folder.
 
     `shapes`: `n_train` train-split and `n_val` (default n_train / 10, 64 to 1000)
-    val-split images of the shapes world, drawn once; the label is the (colour, shape) class `combo_index` (48 classes). A folder: its
-    images, the last tenth held out for validation, no labels.
+    val-split images of the shapes world, drawn once; the label is the (colour, shape)
+    class `combo_index` (48 classes). A folder: its images, the last tenth held out for
+    validation, no labels.
     """
 
-    def __init__(self, source: str = "shapes", *, image_size: int = 32, n_train: int = 20000,
-                 n_val: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: str = "shapes",
+        *,
+        image_size: int = 32,
+        n_train: int = 20000,
+        n_val: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.source = source
         n_val = n_val if n_val is not None else max(64, min(1000, n_train // 10))
         if source == "shapes":
@@ -260,16 +293,23 @@ class ImageData:
             images = ImageFolderDataset(source, image_size=image_size).images
             n_val = max(1, len(images) // 10) if len(images) > 1 else 0
             train = images[: len(images) - n_val] if n_val else images
-            self.images = {"train": train, "val": images[len(images) - n_val:] if n_val else images}
+            self.images = {
+                "train": train,
+                "val": images[len(images) - n_val :] if n_val else images,
+            }
             self.labels = None
             self.num_classes = 0
 
     def describe(self) -> dict:
-        return {"source": self.source, "n_train": len(self.images["train"]),
-                "n_val": len(self.images["val"])}
+        return {
+            "source": self.source,
+            "n_train": len(self.images["train"]),
+            "n_val": len(self.images["val"]),
+        }
 
-    def draw(self, split: str, batch_size: int, generator: torch.Generator
-             ) -> tuple[Tensor, Tensor | None]:
+    def draw(
+        self, split: str, batch_size: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor | None]:
         """A random batch (with replacement): images (B, C, H, W) and labels (B,) or None."""
         images = self.images[split]
         index = torch.randint(len(images), (batch_size,), generator=generator)
@@ -299,19 +339,25 @@ class DiffusionTask:
         images, labels = self.data.draw(split, batch_size, generator)
         batch = {
             "x0": images,
-            "t": torch.randint(self.model.config.num_train_timesteps, (batch_size,),
-                               generator=generator),
+            "t": torch.randint(
+                self.model.config.num_train_timesteps, (batch_size,), generator=generator
+            ),
             "noise": torch.randn(images.shape, generator=generator),
         }
         if self.model.config.class_conditional:
             batch["labels"] = labels
-            batch["drop"] = torch.rand(batch_size, generator=generator) < \
-                self.model.config.cond_drop_prob
+            batch["drop"] = (
+                torch.rand(batch_size, generator=generator) < self.model.config.cond_drop_prob
+            )
         return batch
 
     def loss(self, model: nn.Module, batch: dict) -> Tensor:
         return self.model.training_loss(
-            batch["x0"], batch["noise"], batch["t"], batch.get("labels"), batch.get("drop"),
+            batch["x0"],
+            batch["noise"],
+            batch["t"],
+            batch.get("labels"),
+            batch.get("drop"),
             forward=model,
         )
 

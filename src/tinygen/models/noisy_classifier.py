@@ -25,11 +25,14 @@ from tinygen.nn.unet import UNetConfig, UNetEncoder, _groups
 @dataclass
 class NoisyClassifierConfig:
     unet: UNetConfig = field(
-        default_factory=lambda: UNetConfig(base_channels=32, channel_mult=(1, 2, 2),
-                                           num_res_blocks=1)
+        default_factory=lambda: UNetConfig(
+            base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1
+        )
     )
     num_classes: int = field(default=48, metadata={"help": "classes (48 (colour, shape) pairs)"})
-    beta_schedule: str = field(default="linear", metadata={"help": "linear | scaled_linear | cosine"})
+    beta_schedule: str = field(
+        default="linear", metadata={"help": "linear | scaled_linear | cosine"}
+    )
     num_train_timesteps: int = 1000
 
     def __post_init__(self) -> None:
@@ -40,8 +43,10 @@ class NoisyClassifierConfig:
         if self.num_classes < 2:
             raise TinygenError(f"a classifier needs at least 2 classes, got {self.num_classes}")
         if self.beta_schedule not in BETA_SCHEDULES:
-            raise TinygenError(f"unknown --schedule {self.beta_schedule!r}; choose one of "
-                               f"{', '.join(BETA_SCHEDULES)}")
+            raise TinygenError(
+                f"unknown --schedule {self.beta_schedule!r}; choose one of "
+                f"{', '.join(BETA_SCHEDULES)}"
+            )
 
 
 class NoisyClassifier(nn.Module):
@@ -52,8 +57,9 @@ class NoisyClassifier(nn.Module):
         config.validate()
         self.config = config
         # the encoder takes no class labels: the label is what it predicts
-        self.encoder = UNetEncoder(UNetConfig(**{**asdict(config.unet), "num_classes": 0,
-                                                 "context_dim": None}))
+        self.encoder = UNetEncoder(
+            UNetConfig(**{**asdict(config.unet), "num_classes": 0, "context_dim": None})
+        )
         ch = self.encoder.out_channels
         self.norm = nn.GroupNorm(_groups(ch, config.unet.norm_groups), ch)
         self.head = nn.Linear(ch, config.num_classes)
@@ -67,8 +73,15 @@ class NoisyClassifier(nn.Module):
         h = F.silu(self.norm(h)).mean(dim=(2, 3))  # (B, C)
         return self.head(h)
 
-    def training_loss(self, x0: Tensor, noise: Tensor, t: Tensor, labels: Tensor,
-                      *, forward: nn.Module | None = None) -> Tensor:
+    def training_loss(
+        self,
+        x0: Tensor,
+        noise: Tensor,
+        t: Tensor,
+        labels: Tensor,
+        *,
+        forward: nn.Module | None = None,
+    ) -> Tensor:
         x_t = self.schedule.add_noise(x0, noise, t)
         logits = (forward or self)(x_t, t)
         return F.cross_entropy(logits.float(), labels)
@@ -81,23 +94,31 @@ class NoisyClassifierTask:
 
     def __init__(self, model: NoisyClassifier, data: ImageData) -> None:
         if data.labels is None:
-            raise TinygenError(f"a noisy classifier needs labelled data; {data.source} has none "
-                               "(use --data shapes)")
+            raise TinygenError(
+                f"a noisy classifier needs labelled data; {data.source} has none "
+                "(use --data shapes)"
+            )
         if data.num_classes != model.config.num_classes:
-            raise TinygenError(f"the data has {data.num_classes} classes but the classifier "
-                               f"{model.config.num_classes}; pass --num-classes {data.num_classes}")
+            raise TinygenError(
+                f"the data has {data.num_classes} classes but the classifier "
+                f"{model.config.num_classes}; pass --num-classes {data.num_classes}"
+            )
         self.model, self.data = model, data
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict:
         images, labels = self.data.draw(split, batch_size, generator)
-        t = torch.randint(self.model.config.num_train_timesteps, (batch_size,),
-                          generator=generator)
-        return {"x0": images, "labels": labels, "t": t,
-                "noise": torch.randn(images.shape, generator=generator)}
+        t = torch.randint(self.model.config.num_train_timesteps, (batch_size,), generator=generator)
+        return {
+            "x0": images,
+            "labels": labels,
+            "t": t,
+            "noise": torch.randn(images.shape, generator=generator),
+        }
 
     def loss(self, model: nn.Module, batch: dict) -> Tensor:
-        return self.model.training_loss(batch["x0"], batch["noise"], batch["t"],
-                                        batch["labels"], forward=model)
+        return self.model.training_loss(
+            batch["x0"], batch["noise"], batch["t"], batch["labels"], forward=model
+        )
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:

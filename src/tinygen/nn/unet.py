@@ -68,8 +68,14 @@ class UNetConfig:
     def validate(self) -> None:
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
             raise TinygenError(f"channel_mult must be positive integers, got {self.channel_mult}")
-        for name in ("image_size", "in_channels", "out_channels", "base_channels",
-                     "num_res_blocks", "head_channels"):
+        for name in (
+            "image_size",
+            "in_channels",
+            "out_channels",
+            "base_channels",
+            "num_res_blocks",
+            "head_channels",
+        ):
             if getattr(self, name) <= 0:
                 raise TinygenError(f"U-Net {name} must be positive, got {getattr(self, name)}")
         if self.image_size % self.downsample_factor:
@@ -110,8 +116,16 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """Residual block with the time(+class) embedding injected between its two convs."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, *, scale_shift: bool,
-                 dropout: float, norm_groups: int) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        *,
+        scale_shift: bool,
+        dropout: float,
+        norm_groups: int,
+    ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(_groups(in_ch, norm_groups), in_ch)
@@ -137,8 +151,15 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions, then optional cross-attention to context."""
 
-    def __init__(self, channels: int, *, head_channels: int, context_dim: int | None,
-                 norm_groups: int, dropout: float) -> None:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        head_channels: int,
+        context_dim: int | None,
+        norm_groups: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         n_head = channels // head_channels
         self.norm = nn.GroupNorm(_groups(channels, norm_groups), channels)
@@ -147,20 +168,21 @@ class AttentionBlock(nn.Module):
         self.cross_attn = None
         if context_dim is not None:
             self.norm_cross = nn.LayerNorm(channels)
-            self.cross_attn = Attention(channels, n_head, context_dim=context_dim,
-                                        dropout=dropout)
+            self.cross_attn = Attention(channels, n_head, context_dim=context_dim, dropout=dropout)
             _zero(self.cross_attn.out_proj)
 
-    def forward(self, x: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+    ) -> Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
         out = x.flatten(2).transpose(1, 2) + self.attn(tokens)
         if self.cross_attn is not None:
             if context is None:
                 raise TinygenError("this U-Net has cross-attention and needs context tokens")
-            out = out + self.cross_attn(self.norm_cross(out), context,
-                                        key_padding_mask=context_mask)
+            out = out + self.cross_attn(
+                self.norm_cross(out), context, key_padding_mask=context_mask
+            )
         return out.transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -209,8 +231,12 @@ class UNetEncoder(nn.Module):
         self.class_emb = nn.Embedding(c.num_classes, emb_dim) if c.num_classes > 0 else None
         self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
         kw = {"scale_shift": c.scale_shift, "dropout": c.dropout, "norm_groups": c.norm_groups}
-        akw = {"head_channels": c.head_channels, "context_dim": c.context_dim,
-               "norm_groups": c.norm_groups, "dropout": c.dropout}
+        akw = {
+            "head_channels": c.head_channels,
+            "context_dim": c.context_dim,
+            "norm_groups": c.norm_groups,
+            "dropout": c.dropout,
+        }
         self.down = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         self.skip_channels = [c.base_channels]
@@ -220,8 +246,7 @@ class UNetEncoder(nn.Module):
             blocks, attns = [], []
             for _ in range(c.num_res_blocks):
                 blocks.append(ResBlock(ch, out, emb_dim, **kw))
-                attns.append(AttentionBlock(out, **akw) if res in c.attention_resolutions
-                             else None)
+                attns.append(AttentionBlock(out, **akw) if res in c.attention_resolutions else None)
                 ch = out
                 self.skip_channels.append(ch)
             self.down.append(Level(blocks, attns))
@@ -257,9 +282,14 @@ class UNetEncoder(nn.Module):
                 f"images to a multiple of {factor} (trained at {self.config.image_size})"
             )
 
-    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None,
-                context: Tensor | None = None, context_mask: Tensor | None = None
-                ) -> tuple[Tensor, list[Tensor], Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        class_labels: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> tuple[Tensor, list[Tensor], Tensor]:
         self.check_input(x)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
@@ -290,8 +320,12 @@ class UNet(nn.Module):
         self.encoder = UNetEncoder(config)
         emb_dim = 4 * c.base_channels
         kw = {"scale_shift": c.scale_shift, "dropout": c.dropout, "norm_groups": c.norm_groups}
-        akw = {"head_channels": c.head_channels, "context_dim": c.context_dim,
-               "norm_groups": c.norm_groups, "dropout": c.dropout}
+        akw = {
+            "head_channels": c.head_channels,
+            "context_dim": c.context_dim,
+            "norm_groups": c.norm_groups,
+            "dropout": c.dropout,
+        }
         skip_channels = list(self.encoder.skip_channels)
         ch = self.encoder.out_channels
         res = c.image_size // c.downsample_factor
@@ -302,8 +336,7 @@ class UNet(nn.Module):
             blocks, attns = [], []
             for _ in range(c.num_res_blocks + 1):  # one more: it takes the downsampler's skip
                 blocks.append(ResBlock(ch + skip_channels.pop(), out, emb_dim, **kw))
-                attns.append(AttentionBlock(out, **akw) if res in c.attention_resolutions
-                             else None)
+                attns.append(AttentionBlock(out, **akw) if res in c.attention_resolutions else None)
                 ch = out
             self.up.append(Level(blocks, attns))
             if i > 0:
@@ -315,8 +348,14 @@ class UNet(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None,
-                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        class_labels: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
         """context_mask: (B, S) bool, True for real context tokens."""
         h, skips, emb = self.encoder(x, t, class_labels, context, context_mask)
         for i, level in enumerate(self.up):

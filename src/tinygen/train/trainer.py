@@ -342,7 +342,7 @@ class Trainer:
             extra = "".join(
                 f", {k} {v:.4f}"
                 for k, v in row.items()
-                if k not in ("step", "val_loss", "eval_train_loss") and isinstance(v, float)
+                if k not in ("step", "val_loss", "eval_train_loss", "time") and isinstance(v, float)
             )
             tqdm.write(
                 f"step {self.step}: train {losses['train']:.4f}, val {losses['val']:.4f}{extra}"
