@@ -25,6 +25,17 @@ from tinygen.train.config import TrainConfig
 from tinygen.train.runs import load_model
 from tinygen.train.trainer import Trainer
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU makes two OpenMP threads
+    spin against other processes (100x slower steps were measured); restore afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY_UNET = UNetConfig(
     image_size=16,
     base_channels=16,
@@ -124,6 +135,7 @@ def test_guidance_zero_is_unconditional_and_one_is_conditional():
             num_inference_steps=5,
             x_T=x_T,
             progress=False,
+            clip_sample=True,  # generate clips x_0 by default, as diffusers does
         ).clamp(-1, 1)
 
     null = torch.full((n,), model.null_label)

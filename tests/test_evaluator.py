@@ -182,8 +182,8 @@ def test_a_tiny_evaluator_learns_position_and_size(tiny_run):
     final = result.history[-1]
     first = next(r for r in result.history if "train_loss" in r)
     assert final["val_loss"] < first["train_loss"]
-    assert final["acc_position"] > 0.9  # chance: 0.2
-    assert final["acc_size"] > 0.8  # chance: 0.5
+    assert final["acc_position"] > 0.9  # chance: 0.2 (this run: 0.997)
+    assert final["acc_size"] > 0.7  # chance: 0.5 (this run: 0.86)
 
 
 def test_installed_evaluator_is_found_and_scores_prompts(tiny_run, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tinygen.data.translation import pad_batch
 from tinygen.errors import TinygenError
 from tinygen.models.registry import build_model
 from tinygen.models.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2SeqConfig, Seq2SeqTransformer
@@ -19,9 +20,17 @@ from tinygen.train.checkpoint import load_weights, save_weights
 
 
 def tiny_model(seed: int = 0, **overrides) -> Seq2SeqTransformer:
-    config = dict(src_vocab_size=11, tgt_vocab_size=9, d_model=32, n_head=4,
-                  n_encoder_layers=2, n_decoder_layers=2, dropout=0.0, max_src_len=12,
-                  max_tgt_len=10)
+    config = dict(
+        src_vocab_size=11,
+        tgt_vocab_size=9,
+        d_model=32,
+        n_head=4,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        dropout=0.0,
+        max_src_len=12,
+        max_tgt_len=10,
+    )
     config.update(overrides)
     torch.manual_seed(seed)
     return Seq2SeqTransformer(Seq2SeqConfig(**config)).eval()
@@ -58,8 +67,9 @@ def test_source_padding_never_changes_real_outputs(layout: dict) -> None:
     for i, src in enumerate(sources):
         alone_memory, _ = model.encode(src)
         torch.testing.assert_close(memory[i, : lengths[i]], alone_memory[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(logits[i], model(src, tgt_in[i : i + 1])[0], atol=1e-5,
-                                   rtol=1e-5)
+        torch.testing.assert_close(
+            logits[i], model(src, tgt_in[i : i + 1])[0], atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -69,8 +79,7 @@ def test_target_padding_never_changes_real_outputs(layout: dict) -> None:
     src = random_ids(g, 2, 6, 11)
     tgt_in = torch.cat([torch.full((2, 1), BOS_ID), random_ids(g, 2, 3, 9)], dim=1)
     padded = torch.cat([tgt_in, torch.full((2, 4), PAD_ID)], dim=1)
-    torch.testing.assert_close(model(src, padded)[:, :4], model(src, tgt_in), atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(model(src, padded)[:, :4], model(src, tgt_in), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -106,8 +115,9 @@ def test_beam_one_equals_greedy() -> None:
     g = torch.Generator().manual_seed(5)
     src = random_ids(g, 8, 6, 11)
     for alpha in (0.0, 0.6, 2.0):
-        assert torch.equal(beam_search(model, src, beam_size=1, alpha=alpha),
-                           greedy_decode(model, src))
+        assert torch.equal(
+            beam_search(model, src, beam_size=1, alpha=alpha), greedy_decode(model, src)
+        )
 
 
 def _sequence_log_prob(model: Seq2SeqTransformer, src: torch.Tensor, tokens: list[int]) -> float:
@@ -120,21 +130,42 @@ def _sequence_log_prob(model: Seq2SeqTransformer, src: torch.Tensor, tokens: lis
     return float(sum(log_probs[i, t] for i, t in enumerate(tokens)))
 
 
-@pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_wide_beam_finds_the_exhaustive_best(alpha: float) -> None:
+def _all_scores(model: Seq2SeqTransformer, src: torch.Tensor, hyps: list[tuple]) -> torch.Tensor:
+    """log p(h | src) of every hypothesis h, by teacher forcing in one batch."""
+    tgt_in = pad_batch([[BOS_ID, *h[:-1]] for h in hyps])
+    with torch.no_grad():
+        logits = model(src.expand(len(hyps), -1), tgt_in)
+    logits[..., [PAD_ID, BOS_ID]] = float("-inf")
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return torch.tensor(
+        [sum(log_probs[i, t, tok] for t, tok in enumerate(h)) for i, h in enumerate(hyps)]
+    )
+
+
+def test_wide_beam_finds_the_exhaustive_best() -> None:
     """With a beam as wide as the whole hypothesis space (3 choices, 3 steps: 27 leaves),
-    beam search must return the argmax of the length-normalised score over all of them."""
-    model = tiny_model(seed=6, tgt_vocab_size=5, max_tgt_len=3)  # outputs: eos, 3, 4
-    g = torch.Generator().manual_seed(6)
-    src = random_ids(g, 1, 4, 11)
-    hypotheses = set()
-    for seq in itertools.product([EOS_ID, 3, 4], repeat=3):
-        hypotheses.add(seq[: seq.index(EOS_ID) + 1] if EOS_ID in seq else seq)
-    def score(h: tuple) -> float:
-        return _sequence_log_prob(model, src, list(h)) / ((5 + len(h)) / 6) ** alpha
-    best = max(hypotheses, key=score)
-    found = beam_search(model, src, beam_size=27, alpha=alpha)[0].tolist()
-    assert tuple(t for t in found if t != PAD_ID) == best
+    beam search must return the argmax of the length-normalised score over all of them,
+    for alpha 0 and 1 -- and alpha must matter for some sources, or the test proves little."""
+    model = tiny_model(seed=1, tgt_vocab_size=5, max_tgt_len=3)  # outputs: eos, 3, 4
+    with torch.no_grad():
+        model.tgt_embed.weight.mul_(0.5)  # flatter distributions: length matters more often
+    sources = random_ids(torch.Generator().manual_seed(6), 24, 4, 11)
+    hyps = sorted(
+        {
+            seq[: seq.index(EOS_ID) + 1] if EOS_ID in seq else seq
+            for seq in itertools.product([EOS_ID, 3, 4], repeat=3)
+        }
+    )
+    lengths = torch.tensor([len(h) for h in hyps])
+    alpha_mattered = False
+    for i in range(24):
+        log_probs = _all_scores(model, sources[i : i + 1], hyps)
+        best = {a: hyps[int((log_probs / length_penalty(lengths, a)).argmax())] for a in (0, 1)}
+        alpha_mattered |= best[0] != best[1]
+        for alpha in (0.0, 1.0):
+            found = beam_search(model, sources[i : i + 1], beam_size=27, alpha=alpha)[0]
+            assert tuple(t for t in found.tolist() if t != PAD_ID) == best[alpha]
+    assert alpha_mattered
 
 
 def test_beam_search_scores_at_least_greedy() -> None:

@@ -31,11 +31,40 @@ from tinygen.train.lr import get_lr
 
 # -- number words ------------------------------------------------------------------------
 
-_UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * i for i, w in enumerate(
-    "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if w != "_"}
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        [
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
+        ]
+    )
+}
+_TENS = {
+    w: 10 * i
+    for i, w in enumerate(
+        ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+    )
+    if w != "_"
+}
 
 
 def parse_words(text: str) -> int:
@@ -53,12 +82,21 @@ def parse_words(text: str) -> int:
     return total + group
 
 
-@pytest.mark.parametrize("n, words", [
-    (0, "zero"), (13, "thirteen"), (40, "forty"), (99, "ninety-nine"), (100, "one hundred"),
-    (1005, "one thousand five"), (70000, "seventy thousand"), (1000000, "one million"),
-    (4051207, "four million fifty-one thousand two hundred seven"),
-    (9999999, "nine million nine hundred ninety-nine thousand nine hundred ninety-nine"),
-])
+@pytest.mark.parametrize(
+    "n, words",
+    [
+        (0, "zero"),
+        (13, "thirteen"),
+        (40, "forty"),
+        (99, "ninety-nine"),
+        (100, "one hundred"),
+        (1005, "one thousand five"),
+        (70000, "seventy thousand"),
+        (1000000, "one million"),
+        (4051207, "four million fifty-one thousand two hundred seven"),
+        (9999999, "nine million nine hundred ninety-nine thousand nine hundred ninety-nine"),
+    ],
+)
 def test_number_to_words_examples(n: int, words: str) -> None:
     assert number_to_words(n) == words
 
@@ -162,13 +200,16 @@ def test_tsv_errors(tmp_path) -> None:
 # -- metrics -----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _recursive_distance(a: str, b: str) -> int:
     """The textbook recursive definition of the Levenshtein distance."""
     if not a or not b:
         return len(a) + len(b)
-    return min(_recursive_distance(a[1:], b) + 1, _recursive_distance(a, b[1:]) + 1,
-               _recursive_distance(a[1:], b[1:]) + (a[0] != b[0]))
+    return min(
+        _recursive_distance(a[1:], b) + 1,
+        _recursive_distance(a, b[1:]) + 1,
+        _recursive_distance(a[1:], b[1:]) + (a[0] != b[0]),
+    )
 
 
 @given(st.text("abc", max_size=8), st.text("abc", max_size=8))

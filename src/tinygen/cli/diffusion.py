@@ -42,7 +42,7 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
             base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_resolutions=(8,)
         ),
         TrainConfig(
-            max_iters=1600,
+            max_iters=1700,
             batch_size=48,
             learning_rate=1e-3,
             warmup_iters=100,

@@ -116,9 +116,29 @@ def pad_batch(sequences: list[list[int]], *, bos: bool = False, eos: bool = Fals
 
 # -- number <-> words --------------------------------------------------------------------
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _SCALES = ((10**9, "billion"), (10**6, "million"), (10**3, "thousand"))
 
 
@@ -153,8 +173,20 @@ def number_to_words(n: int) -> str:
 
 # -- dates -------------------------------------------------------------------------------
 
-_MONTHS = ("January February March April May June July August September October "
-           "November December").split()
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 _FIRST_DAY = datetime.date(1900, 1, 1).toordinal()
 _N_DAYS = datetime.date(2099, 12, 31).toordinal() - _FIRST_DAY + 1
 
@@ -185,14 +217,16 @@ class TaskSpec:
 
     def validate(self) -> None:
         if self.task not in TASKS:
-            raise TinygenError(f"unknown --task {self.task!r}; choose number-words or dates "
-                               "(or pass --data PATH for a tab-separated file)")
+            raise TinygenError(
+                f"unknown --task {self.task!r}; choose number-words or dates "
+                "(or pass --data PATH for a tab-separated file)"
+            )
         if self.direction not in DIRECTIONS:
-            raise TinygenError(f"unknown --direction {self.direction!r}; choose to-words or "
-                               "to-digits")
+            raise TinygenError(
+                f"unknown --direction {self.direction!r}; choose to-words or to-digits"
+            )
         if self.tokenizer not in ("auto", "char", "word"):
-            raise TinygenError(f"unknown --tokenizer {self.tokenizer!r}; choose auto, char "
-                               "or word")
+            raise TinygenError(f"unknown --tokenizer {self.tokenizer!r}; choose auto, char or word")
         if self.task == "tsv" and not self.data:
             raise TinygenError("the tsv task needs --data PATH (source<TAB>target per line)")
         if self.n_heldout <= 0:
@@ -257,8 +291,12 @@ class TranslationData:
         pairs = self._tsv_train + self.test_pairs
         src = Vocab.from_texts([s for s, _ in pairs], kind)
         tgt = Vocab.from_texts([t for _, t in pairs], kind)
-        if kind == "char":  # one shared vocabulary, so the model can share its embeddings
+        # one shared vocabulary (characters always, words when both sides use the same
+        # words), so the model can share its embeddings
+        if kind == "char":
             src = tgt = Vocab(src.itos[len(SPECIALS) :] + tgt.itos[len(SPECIALS) :], "char")
+        elif src == tgt:
+            tgt = src
         return src, tgt
 
     def draw(self, split: str, n: int, generator: torch.Generator) -> list[tuple[str, str]]:
@@ -273,15 +311,21 @@ class TranslationData:
         if self.spec.task != "number-words":
             indices = torch.randint(self._space, (n,), generator=generator).tolist()
         else:
-            # Half uniform below 10^7 (what the test set looks like), half with a uniform
-            # number of digits, so short numbers are seen often enough to be learned too.
+            # A third uniform below 10^7 (what the test set looks like); a third with a
+            # uniform number of digits, so short numbers are seen often; a third with each
+            # digit zeroed at random, so inner zeros ("4,003,310": "four million three
+            # thousand ...") are not rare -- the first run's only held-out errors.
             uniform = torch.randint(MAX_NUMBER, (n,), generator=generator)
             digits = torch.randint(1, 8, (n,), generator=generator)
             low = torch.where(digits == 1, 0, 10 ** (digits - 1))
             u = torch.rand(n, generator=generator, dtype=torch.float64)
             by_length = low + (u * (10**digits - low)).long()
-            pick = torch.rand(n, generator=generator) < 0.5
-            indices = torch.where(pick, uniform, by_length).tolist()
+            keep = torch.rand(n, 7, generator=generator) < 0.5
+            places = 10 ** torch.arange(7)
+            sparse = ((uniform[:, None] // places % 10) * keep * places).sum(dim=1)
+            which = torch.randint(3, (n,), generator=generator)
+            indices = torch.where(which == 0, uniform, torch.where(which == 1, by_length, sparse))
+            indices = indices.tolist()
         # the held-out numbers are redrawn (1 in 2,500 for the default task)
         for k, index in enumerate(indices):
             while index in self._heldout:
@@ -291,8 +335,11 @@ class TranslationData:
 
     def describe(self) -> dict:
         """What config.json records: the task spec and both vocabularies."""
-        return {"task": asdict(self.spec), "source_vocab": self.src_vocab.to_dict(),
-                "target_vocab": self.tgt_vocab.to_dict()}
+        return {
+            "task": asdict(self.spec),
+            "source_vocab": self.src_vocab.to_dict(),
+            "target_vocab": self.tgt_vocab.to_dict(),
+        }
 
 
 def read_tsv(path: str | Path) -> list[tuple[str, str]]:
@@ -310,8 +357,10 @@ def read_tsv(path: str | Path) -> list[tuple[str, str]]:
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-            raise TinygenError(f"{path}:{number} is not 'source<TAB>target' (found "
-                               f"{len(parts) - 1} tabs); fix the line or remove it")
+            raise TinygenError(
+                f"{path}:{number} is not 'source<TAB>target' (found "
+                f"{len(parts) - 1} tabs); fix the line or remove it"
+            )
         pairs.append((parts[0].strip(), parts[1].strip()))
     if len(pairs) < 2:
         raise TinygenError(f"{path} has {len(pairs)} pairs; a training file needs at least 2")

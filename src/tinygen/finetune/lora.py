@@ -386,11 +386,11 @@ def load_adapter(
                 f"the adapter in {adapter_dir} was trained on a different base "
                 f"(it quantised {missing[:3]}, which this model lacks)"
             )
-        skip = (
-            ["lm_head"] if modules is None else [re.escape(n) for n in linear if n not in modules]
-        )
         quantize_model(
-            model, skip=skip, blocksize=quant["blocksize"], double_quant=quant["double_quant"]
+            model,
+            blocksize=quant["blocksize"],
+            double_quant=quant["double_quant"],
+            only=modules,
         )
     report = apply_lora(
         model,

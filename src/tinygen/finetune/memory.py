@@ -261,8 +261,11 @@ def memory_report(inv: Inventory, targets: str | list[str] | None = None, r: int
         targets = (
             list(inv.default_targets) if inv.targeted(list(inv.default_targets)) else ("all-linear")
         )
+    big = inv.total_params >= 1e8
+    scale, unit = (GB, "GB") if big else (1e6, "MB")
+    count = f"{inv.total_params / 1e9:.2f}B" if big else f"{inv.total_params / 1e6:.2f}M"
     lines = [
-        f"{inv.name}: {inv.total_params:,} parameters ({inv.total_params / 1e9:.2f}B); "
+        f"{inv.name}: {inv.total_params:,} parameters ({count}); "
         f"{inv.linear_params:,} in {len(inv.linear)} linear layers"
     ]
     lines.append("LoRA trainable parameters (share of base + adapter, as PEFT prints it):")
@@ -274,7 +277,7 @@ def memory_report(inv: Inventory, targets: str | list[str] | None = None, r: int
         shown = t if isinstance(t, str) else ",".join(t)
         share = 100 * a / (inv.total_params + a)
         lines.append(f"  r={rank:<3} on {shown:<24} {a:>15,}  {share:.3f}%")
-    lines.append("weight memory (GB = 1e9 bytes):")
+    lines.append(f"weight memory ({unit} = 10^{9 if big else 6} bytes):")
     for fmt, label in (
         ("fp32", "fp32"),
         ("fp16", "fp16/bf16"),
@@ -283,9 +286,10 @@ def memory_report(inv: Inventory, targets: str | list[str] | None = None, r: int
         ("nf4-dq", "NF4 + double quant"),
     ):
         b = weight_bytes(inv, fmt)
-        lines.append(f"  {label:<20} {b / GB:9.3f} GB  {8 * b / inv.total_params:6.3f} bits/param")
+        bits = 8 * b / inv.total_params
+        lines.append(f"  {label:<20} {b / scale:9.3f} {unit}  {bits:6.3f} bits/param")
     shown = targets if isinstance(targets, str) else ",".join(targets)
-    lines.append(f"training memory without activations, AdamW, LoRA r={r} on {shown} (GB):")
+    lines.append(f"training memory without activations, AdamW, LoRA r={r} on {shown} ({unit}):")
     lines.append(
         f"  {'method':<22}{'weights':>10}{'grads':>10}{'adamw':>10}{'adapter':>10}{'total':>10}"
     )
@@ -298,7 +302,7 @@ def memory_report(inv: Inventory, targets: str | list[str] | None = None, r: int
         row = training_bytes(inv, method, targets, r)
         lines.append(
             f"  {label:<22}"
-            + "".join(f"{row[k] / GB:10.3f}" for k in row)
-            + f"{sum(row.values()) / GB:10.3f}"
+            + "".join(f"{row[k] / scale:10.3f}" for k in row)
+            + f"{sum(row.values()) / scale:10.3f}"
         )
     return "\n".join(lines)

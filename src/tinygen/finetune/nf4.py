@@ -307,10 +307,12 @@ def quantize_model(
     *,
     blocksize: int = 64,
     double_quant: bool = True,
+    only: list[str] | None = None,
 ) -> list[str]:
     """Replace every nn.Linear of `model` by a frozen `Linear4bit`, in place, and return
     the replaced names. A name is skipped when it equals or ends with an entry of `skip`
     (or fully matches it as a regex), and always when its weight is tied to another module.
+    `only` (exact names) replaces the selection, as loading a QLoRA adapter needs.
     Call before `apply_lora`; the LoRA wrappers then sit on the 4-bit layers."""
     from tinygen.finetune.lora import LoRALinear  # lora imports this module
 
@@ -319,6 +321,8 @@ def quantize_model(
     tied = _tied_linear_names(model)
 
     def skipped(name: str) -> bool:
+        if only is not None:
+            return name in tied or name not in only
         return name in tied or any(
             name == s or name.endswith("." + s) or re.fullmatch(s, name) for s in skip
         )

@@ -185,6 +185,7 @@ class DiffusionModel(nn.Module):
         classifier_scale: float = 0.0,
         callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
         progress: bool = False,
+        clip_sample: bool = True,
     ) -> Tensor:
         """Draw n images (n, C, H, W) in [-1, 1].
 
@@ -192,6 +193,9 @@ class DiffusionModel(nn.Module):
         classifier-free scale s (0 unconditional, 1 conditional, > 1 sharper). With a noisy
         `classifier` and labels, its gradient steers the samples (DDPM: mean shift, Alg. 1;
         DDIM: eps shift, Alg. 2) -- this works for an unconditional model too.
+        clip_sample: clip each predicted x_0 to [-1, 1] before the step (the default of
+        diffusers' DDPM and DDIM schedulers and of DDPM's reference code); it keeps an
+        imperfect eps prediction at high noise from throwing pixels far out of range.
         """
         device = next(self.parameters()).device
         self.check_labels(labels, n)
@@ -239,6 +243,7 @@ class DiffusionModel(nn.Module):
             device=device,
             progress=progress,
             callback=callback,
+            clip_sample=clip_sample,
             **extra,
         ).clamp(-1, 1)
 

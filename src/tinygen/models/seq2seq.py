@@ -39,7 +39,9 @@ class Seq2SeqConfig:
     n_encoder_layers: int = 3
     n_decoder_layers: int = 3
     mlp_mult: int = field(default=4, metadata={"help": "feed-forward width / d_model"})
-    dropout: float = 0.1
+    dropout: float = field(
+        default=0.0, metadata={"help": "paper: 0.1; built-in tasks draw fresh pairs, need none"}
+    )
     norm: str = field(default="pre", metadata={"help": "pre (stable) | post (the paper)"})
     positions: str = field(default="sinusoidal", metadata={"help": "sinusoidal | learned"})
     max_src_len: int = field(default=64, metadata={"help": "longest source in tokens"})
@@ -51,23 +53,35 @@ class Seq2SeqConfig:
     bias: bool = True
 
     def validate(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_head",
-                     "n_encoder_layers", "n_decoder_layers", "mlp_mult", "max_src_len",
-                     "max_tgt_len"):
+        for name in (
+            "src_vocab_size",
+            "tgt_vocab_size",
+            "d_model",
+            "n_head",
+            "n_encoder_layers",
+            "n_decoder_layers",
+            "mlp_mult",
+            "max_src_len",
+            "max_tgt_len",
+        ):
             if getattr(self, name) <= 0:
-                raise TinygenError(f"--{name.replace('_', '-')} must be positive, got "
-                                   f"{getattr(self, name)}")
+                raise TinygenError(
+                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
         if self.d_model % self.n_head:
-            raise TinygenError(f"d_model ({self.d_model}) must be divisible by n_head "
-                               f"({self.n_head}); change --d-model or --n-head")
+            raise TinygenError(
+                f"d_model ({self.d_model}) must be divisible by n_head "
+                f"({self.n_head}); change --d-model or --n-head"
+            )
         if self.norm not in ("pre", "post"):
             raise TinygenError(f"--norm must be pre or post, got {self.norm!r}")
         if self.positions not in ("sinusoidal", "learned"):
-            raise TinygenError(f"--positions must be sinusoidal or learned, got "
-                               f"{self.positions!r}")
+            raise TinygenError(f"--positions must be sinusoidal or learned, got {self.positions!r}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise TinygenError("share_embeddings needs one vocabulary for source and target "
-                               f"(sizes {self.src_vocab_size} and {self.tgt_vocab_size})")
+            raise TinygenError(
+                "share_embeddings needs one vocabulary for source and target "
+                f"(sizes {self.src_vocab_size} and {self.tgt_vocab_size})"
+            )
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise TinygenError("--dropout and --label-smoothing must be in [0, 1)")
 
@@ -81,8 +95,9 @@ class Seq2SeqTransformer(nn.Module):
         self.config = config
         d = config.d_model
         self.src_embed = nn.Embedding(config.src_vocab_size, d)
-        self.tgt_embed = (self.src_embed if config.share_embeddings
-                          else nn.Embedding(config.tgt_vocab_size, d))
+        self.tgt_embed = (
+            self.src_embed if config.share_embeddings else nn.Embedding(config.tgt_vocab_size, d)
+        )
         if config.positions == "learned":
             self.src_pos = nn.Embedding(config.max_src_len, d)
             self.tgt_pos = nn.Embedding(config.max_tgt_len, d)
@@ -91,8 +106,9 @@ class Seq2SeqTransformer(nn.Module):
             table = sinusoidal_embedding(torch.arange(longest), d)  # (L, d)
             self.register_buffer("sinusoid", table, persistent=False)
         self.drop = nn.Dropout(config.dropout)
-        block = dict(norm=config.norm, bias=config.bias, dropout=config.dropout,
-                     mlp_mult=config.mlp_mult)
+        block = dict(
+            norm=config.norm, bias=config.bias, dropout=config.dropout, mlp_mult=config.mlp_mult
+        )
         self.encoder = nn.ModuleList(
             Block(d, config.n_head, **block) for _ in range(config.n_encoder_layers)
         )

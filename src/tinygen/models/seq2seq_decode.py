@@ -29,8 +29,9 @@ def _max_steps(model: Seq2SeqTransformer, max_len: int | None) -> int:
     if max_len is None:
         return limit
     if not 0 < max_len <= limit:
-        raise TinygenError(f"max_len must be in 1..{limit} (the model's max_tgt_len), got "
-                           f"{max_len}")
+        raise TinygenError(
+            f"max_len must be in 1..{limit} (the model's max_tgt_len), got {max_len}"
+        )
     return max_len
 
 
@@ -64,8 +65,8 @@ def greedy_decode(
     caches, cross_caches = _new_caches(model, use_cache)
     for _ in range(steps):
         inputs = tokens[:, -1:] if use_cache else tokens
-        logits = model.decode(inputs, memory, src_mask, caches=caches,
-                              cross_caches=cross_caches)[:, -1]  # (B, V)
+        out = model.decode(inputs, memory, src_mask, caches=caches, cross_caches=cross_caches)
+        logits = out[:, -1]  # (B, V)
         next_token = _forbid_specials(logits).argmax(dim=-1).masked_fill(finished, PAD_ID)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         finished |= next_token == EOS_ID
@@ -109,8 +110,8 @@ def beam_search(
     batch_offset = (torch.arange(b, device=src.device) * k)[:, None]  # (B, 1)
     for _ in range(steps):
         inputs = tokens[:, -1:] if use_cache else tokens
-        logits = model.decode(inputs, memory, src_mask, caches=caches,
-                              cross_caches=cross_caches)[:, -1]  # (B*K, V)
+        out = model.decode(inputs, memory, src_mask, caches=caches, cross_caches=cross_caches)
+        logits = out[:, -1]  # (B*K, V)
         log_probs = torch.log_softmax(_forbid_specials(logits.float()), dim=-1)
         # a finished beam continues only with padding, at no cost
         log_probs[finished] = float("-inf")
@@ -147,5 +148,6 @@ def decode_batch(
     """Greedy when beam_size is 1, beam search otherwise."""
     if beam_size == 1:
         return greedy_decode(model, src, max_len=max_len, use_cache=use_cache)
-    return beam_search(model, src, beam_size=beam_size, alpha=alpha, max_len=max_len,
-                       use_cache=use_cache)
+    return beam_search(
+        model, src, beam_size=beam_size, alpha=alpha, max_len=max_len, use_cache=use_cache
+    )

@@ -42,12 +42,15 @@ class Translator:
 
         model, config = load_model(run_dir, which=which, device=device)
         if config["model_type"] != "seq2seq":
-            raise TinygenError(f"{run_dir} holds a {config['model_type']} model, not a "
-                               "seq2seq one; pass the run of `tinygen train seq2seq`")
+            raise TinygenError(
+                f"{run_dir} holds a {config['model_type']} model, not a "
+                "seq2seq one; pass the run of `tinygen train seq2seq`"
+            )
         if "source_vocab" not in config or "target_vocab" not in config:
             raise TinygenError(f"{run_dir}/config.json has no vocabularies; retrain the run")
-        return cls(model, Vocab.from_dict(config["source_vocab"]),
-                   Vocab.from_dict(config["target_vocab"]))
+        return cls(
+            model, Vocab.from_dict(config["source_vocab"]), Vocab.from_dict(config["target_vocab"])
+        )
 
     def encode_sources(self, texts: list[str]) -> Tensor:
         """Right-padded source ids (B, S); empty, unknown or too-long inputs are errors."""
@@ -76,13 +79,15 @@ class Translator:
     ) -> list[str]:
         """Translate each text; inputs are validated before any decoding starts."""
         self.model.eval()
-        sources = [self.encode_sources(texts[i : i + batch_size])
-                   for i in range(0, len(texts), batch_size)]
+        sources = [
+            self.encode_sources(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
+        ]
         device = next(self.model.parameters()).device
         out: list[str] = []
         for src in sources:
-            hyps = decode_batch(self.model, src.to(device), beam_size=beam_size, alpha=alpha,
-                                use_cache=use_cache)
+            hyps = decode_batch(
+                self.model, src.to(device), beam_size=beam_size, alpha=alpha, use_cache=use_cache
+            )
             out += [self.tgt_vocab.decode(row) for row in hyps.cpu()]
         return out
 
@@ -164,8 +169,7 @@ class Seq2SeqTask:
 
     def run_config(self) -> dict:
         """What config.json needs so `tinygen translate --run DIR` rebuilds everything."""
-        return {"model_type": "seq2seq", "model": asdict(self.model.config),
-                **self.data.describe()}
+        return {"model_type": "seq2seq", "model": asdict(self.model.config), **self.data.describe()}
 
 
 def evaluate_heldout(
@@ -183,8 +187,10 @@ def evaluate_heldout(
         name = "greedy" if beam == 1 else f"beam{beam}"
         results[name] = translator.evaluate(pairs, beam_size=beam, alpha=alpha)
     if run_dir is not None:
-        write_json(Path(run_dir) / HELDOUT_FILE,
-                   {"alpha": alpha, **{k: asdict(v) for k, v in results.items()}})
+        write_json(
+            Path(run_dir) / HELDOUT_FILE,
+            {"alpha": alpha, **{k: asdict(v) for k, v in results.items()}},
+        )
     return results
 
 
