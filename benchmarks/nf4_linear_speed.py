@@ -29,9 +29,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--tokens", type=int, default=768, help="rows of x (batch * time)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--shapes", default="128x512,512x128,1024x1024,4096x4096", help="comma-separated INxOUT"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shapes = [(128, 512), (512, 128), (1024, 1024), (4096, 4096)]
+    shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
     print(
         f"torch {torch.__version__}, {args.threads} threads, x = ({args.tokens}, in), "
         f"fp32, median of {args.repeats}"

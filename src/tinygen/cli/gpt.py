@@ -14,10 +14,11 @@ from tinygen.errors import TinygenError
 from tinygen.models.gpt import GPT, GPTConfig
 from tinygen.train.config import TrainConfig
 
-# nanoGPT's two Shakespeare configs (config/train_shakespeare_char.py and its CPU override).
+# nanoGPT's two Shakespeare configs (config/train_shakespeare_char.py and its CPU override;
+# nanoGPT's train.py trains without biases).
 PRESETS: dict[str, tuple[GPTConfig, TrainConfig]] = {
     "baby": (
-        GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),
         TrainConfig(
             max_iters=2000,
             batch_size=12,
@@ -32,7 +33,7 @@ PRESETS: dict[str, tuple[GPTConfig, TrainConfig]] = {
         ),
     ),
     "shakespeare-char": (
-        GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+        GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
         TrainConfig(
             max_iters=5000,
             batch_size=64,

@@ -19,14 +19,14 @@ from tinygen.train.config import TrainConfig
 # warm-up and Adam beta2 = 0.98, a fresh batch every step (so no weight decay).
 DEFAULT_MODEL = Seq2SeqConfig()  # d_model 128, 4 heads, 3 + 3 layers, pre-LN
 DEFAULT_TRAIN = TrainConfig(
-    max_iters=2000,
+    max_iters=1000,
     batch_size=128,
     learning_rate=1e-3,
     lr_schedule="inverse_sqrt",
     warmup_iters=200,
     weight_decay=0.0,
     beta2=0.98,
-    eval_interval=500,
+    eval_interval=250,
     eval_iters=10,
     log_interval=10,
 )

@@ -311,21 +311,15 @@ class TranslationData:
         if self.spec.task != "number-words":
             indices = torch.randint(self._space, (n,), generator=generator).tolist()
         else:
-            # A third uniform below 10^7 (what the test set looks like); a third with a
-            # uniform number of digits, so short numbers are seen often; a third with each
-            # digit zeroed at random, so inner zeros ("4,003,310": "four million three
-            # thousand ...") are not rare -- the first run's only held-out errors.
+            # Half uniform below 10^7 (what the test set looks like), half with a uniform
+            # number of digits, so short numbers are seen often enough to be learned too.
             uniform = torch.randint(MAX_NUMBER, (n,), generator=generator)
             digits = torch.randint(1, 8, (n,), generator=generator)
             low = torch.where(digits == 1, 0, 10 ** (digits - 1))
             u = torch.rand(n, generator=generator, dtype=torch.float64)
             by_length = low + (u * (10**digits - low)).long()
-            keep = torch.rand(n, 7, generator=generator) < 0.5
-            places = 10 ** torch.arange(7)
-            sparse = ((uniform[:, None] // places % 10) * keep * places).sum(dim=1)
-            which = torch.randint(3, (n,), generator=generator)
-            indices = torch.where(which == 0, uniform, torch.where(which == 1, by_length, sparse))
-            indices = indices.tolist()
+            pick = torch.rand(n, generator=generator) < 0.5
+            indices = torch.where(pick, uniform, by_length).tolist()
         # the held-out numbers are redrawn (1 in 2,500 for the default task)
         for k, index in enumerate(indices):
             while index in self._heldout:

@@ -137,9 +137,11 @@ class NF4Tensor:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Back to a dense tensor of `shape`: level[code] * absmax of its block. One lookup
-        per byte yields both of its levels (a 256 x 2 table), the fast twin of `codes()`."""
-        pairs = _BYTE_TO_LEVELS.to(self.packed.device)[self.packed.long()]  # (n_bytes, 2)
-        values = pairs.reshape(-1)[: self.numel]  # (n,) fp32
+        per byte yields both of its levels (the fast twin of `codes()`): the 256 x 2 fp32
+        table is read as 256 float64 words, so a single 1-D gather fetches each pair."""
+        table = _BYTE_TO_LEVELS.to(self.packed.device).view(torch.float64).view(256)
+        pairs = table.index_select(0, self.packed.int()).view(torch.float32)  # (2 * n_bytes,)
+        values = pairs[: self.numel]  # (n,) fp32
         return (
             _blockwise_unscale(values, self.block_absmax(), self.blocksize)
             .view(self.shape)
@@ -182,13 +184,14 @@ def quantize_nf4(weight: Tensor, blocksize: int = 64, double_quant: bool = True)
 
 
 class _NF4Matmul(torch.autograd.Function):
-    """y = x @ dequant(W).T, saving only the 4-bit weight for backward (the dense weight is
+    """y = x @ dequant(W).T + b, saving only the 4-bit weight for backward (the dense weight is
     rebuilt there), so a frozen NF4 layer never keeps a float copy of its weight alive."""
 
     @staticmethod
     def forward(ctx, x: Tensor, layer: Linear4bit) -> Tensor:
         ctx.layer = layer
-        return F.linear(x, layer.dequantize_weight(x.dtype))  # (..., out)
+        bias = None if layer.bias is None else layer.bias.to(x.dtype)  # frozen: no gradient
+        return F.linear(x, layer.dequantize_weight(x.dtype), bias)  # (..., out)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None]:
@@ -276,8 +279,7 @@ class Linear4bit(nn.Module):
         dtype = x.dtype
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
-        y = _NF4Matmul.apply(x.to(dtype), self)
-        return y if self.bias is None else y + self.bias.to(dtype)
+        return _NF4Matmul.apply(x.to(dtype), self)
 
     def extra_repr(self) -> str:
         return (
