@@ -52,8 +52,23 @@ def correctness_checks() -> dict:
 
 def race(data: str, run_dir: Path, target: float, flags: list[str], limit_s: float) -> dict:
     """Launch a training process and stop it once validation loss reaches `target`."""
-    cmd = [sys.executable, "-m", "tinygen", "train", "gpt", "--preset", "shakespeare-char",
-           "--data", data, "--out", str(run_dir), "--device", "cuda", "--no-progress", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinygen",
+        "train",
+        "gpt",
+        "--preset",
+        "shakespeare-char",
+        "--data",
+        data,
+        "--out",
+        str(run_dir),
+        "--device",
+        "cuda",
+        "--no-progress",
+        *flags,
+    ]
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     reached = None
@@ -69,8 +84,11 @@ def race(data: str, run_dir: Path, target: float, flags: list[str], limit_s: flo
                 break
     proc.kill()
     log = proc.communicate()[0][-3000:]
-    vals = [(r["step"], round(r["val_loss"], 4), round(r["time"] - start, 1))
-            for r in rows if "val_loss" in r]
+    vals = [
+        (r["step"], round(r["val_loss"], 4), round(r["time"] - start, 1))
+        for r in rows
+        if "val_loss" in r
+    ]
     per_s = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
     return {
         "command": " ".join(cmd),
@@ -93,18 +111,53 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     recipes = {
-        "b256_lr2e-3": ["--batch-size", "256", "--learning-rate", "2e-3", "--min-lr", "2e-4",
-                        "--max-iters", "1000", "--warmup-iters", "100", "--eval-interval", "50",
-                        "--eval-iters", "40", "--log-interval", "50"],
-        "b512_lr3e-3": ["--batch-size", "512", "--learning-rate", "3e-3", "--min-lr", "3e-4",
-                        "--max-iters", "600", "--warmup-iters", "60", "--eval-interval", "50",
-                        "--eval-iters", "20", "--log-interval", "50"],
+        "b256_lr2e-3": [
+            "--batch-size",
+            "256",
+            "--learning-rate",
+            "2e-3",
+            "--min-lr",
+            "2e-4",
+            "--max-iters",
+            "1000",
+            "--warmup-iters",
+            "100",
+            "--eval-interval",
+            "50",
+            "--eval-iters",
+            "40",
+            "--log-interval",
+            "50",
+        ],
+        "b512_lr3e-3": [
+            "--batch-size",
+            "512",
+            "--learning-rate",
+            "3e-3",
+            "--min-lr",
+            "3e-4",
+            "--max-iters",
+            "600",
+            "--warmup-iters",
+            "60",
+            "--eval-interval",
+            "50",
+            "--eval-iters",
+            "20",
+            "--log-interval",
+            "50",
+        ],
     }
     for name, flags in recipes.items():
-        results[name] = race(args.data, Path("/tmp") / f"race-{name}", args.target, flags,
-                             args.limit)
-        print(json.dumps({name: {k: v for k, v in results[name].items() if k != "log_tail"}},
-                         indent=1), flush=True)
+        results[name] = race(
+            args.data, Path("/tmp") / f"race-{name}", args.target, flags, args.limit
+        )
+        print(
+            json.dumps(
+                {name: {k: v for k, v in results[name].items() if k != "log_tail"}}, indent=1
+            ),
+            flush=True,
+        )
         (args.out / "gpu_results.json").write_text(json.dumps(results, indent=1))
     try:
         results["checks"] = correctness_checks()
