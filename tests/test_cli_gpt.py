@@ -211,3 +211,14 @@ def test_torchrun_two_process_ddp_trains(tmp_path, corpus_file):
     train = [r["train_loss"] for r in rows if "train_loss" in r]
     assert train[-1] < train[0] - 0.5
     assert sum("val_loss" in r for r in rows) == 2  # only rank 0 writes
+
+
+def test_interrupted_run_tells_how_to_resume(capsys, tmp_path):
+    from tinygen.cli.common import interrupted
+    from tinygen.train.trainer import TrainResult
+
+    assert interrupted(
+        TrainResult(step=7, best_val_loss=1.0, last_val_loss=None, interrupted=True), tmp_path
+    )
+    assert "step 7" in capsys.readouterr().err
+    assert not interrupted(TrainResult(step=7, best_val_loss=1.0, last_val_loss=None), tmp_path)

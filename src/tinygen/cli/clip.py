@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, interrupted
 from tinygen.errors import TinygenError
 from tinygen.models.clip import CLIPConfig
 from tinygen.train.config import TrainConfig
@@ -215,11 +215,7 @@ def train_clip(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     result = trainer.fit()
-    if result.interrupted:
-        print(
-            f"interrupted at step {result.step}; continue with the same command plus --resume",
-            file=sys.stderr,
-        )
+    if interrupted(result, out):
         return 130
     if trainer.dist.is_main:
         print(

@@ -69,3 +69,16 @@ def filter_fields(cls: type, values: dict) -> dict:
     """Keep only the keys that are fields of `cls` (configs saved by older versions)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in values.items() if k in names}
+
+
+def interrupted(result: Any, out: Any) -> bool:
+    """Tell the user how to continue a run stopped by Ctrl-C (its checkpoint is saved)."""
+    if result.interrupted:
+        import sys
+
+        print(
+            f"interrupted at step {result.step}; checkpoint saved in {out}. Continue with the "
+            "same command plus --resume",
+            file=sys.stderr,
+        )
+    return bool(result.interrupted)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, interrupted
 from tinygen.errors import TinygenError
 from tinygen.nn.unet import UNetConfig
 from tinygen.train.config import TrainConfig
@@ -238,11 +238,7 @@ def _fit(task, model, train_config: TrainConfig, out: Path, run_config: dict, ar
             file=sys.stderr,
         )
     result = trainer.fit()
-    if result.interrupted:
-        print(
-            f"interrupted at step {result.step}; continue with --resume --out {out}",
-            file=sys.stderr,
-        )
+    if interrupted(result, out):
         return 130
     return 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, interrupted
 from tinygen.errors import TinygenError
 from tinygen.models.gpt import GPT, GPTConfig
 from tinygen.train.config import TrainConfig
@@ -159,12 +159,7 @@ def train_gpt(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     result = trainer.fit()
-    if result.interrupted:
-        print(
-            f"interrupted at step {result.step}; checkpoint saved in {out}. Continue with "
-            "the same command plus --resume",
-            file=sys.stderr,
-        )
+    if interrupted(result, out):
         return 130
     if trainer.dist.is_main:
         print(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, interrupted
 from tinygen.errors import TinygenError
 from tinygen.models.seq2seq import Seq2SeqConfig
 from tinygen.train.config import TrainConfig
@@ -195,12 +195,7 @@ def train_seq2seq(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     result = trainer.fit()
-    if result.interrupted:
-        print(
-            f"interrupted at step {result.step}; checkpoint saved in {args.out}. Continue "
-            "with the same command plus --resume",
-            file=sys.stderr,
-        )
+    if interrupted(result, args.out):
         return 130
     if trainer.dist.is_main:
         translator = Translator.from_run(args.out, "best")

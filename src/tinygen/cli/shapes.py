@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, interrupted
 from tinygen.errors import TinygenError
 from tinygen.models.evaluator import EvaluatorConfig
 from tinygen.train.config import TrainConfig
@@ -122,11 +122,7 @@ def train_evaluator(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     result = trainer.fit()
-    if result.interrupted:
-        print(
-            f"interrupted at step {result.step}; continue with the same command plus --resume",
-            file=sys.stderr,
-        )
+    if interrupted(result, args.out):
         return 130
     if not trainer.dist.is_main:
         return 0
