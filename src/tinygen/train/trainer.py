@@ -12,6 +12,7 @@ batches and the same dropout masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -293,7 +294,9 @@ class Trainer:
             )
             sync = micro == cfg.grad_accum - 1
             context = (
-                self.forward_model.no_sync() if self.dist.enabled and not sync else _null_context()
+                self.forward_model.no_sync()
+                if self.dist.enabled and not sync
+                else contextlib.nullcontext()
             )
             with context, autocast(self.device):
                 loss = self.task.loss(self.forward_model, batch) / cfg.grad_accum
@@ -348,14 +351,6 @@ class Trainer:
                 f"step {self.step}: train {losses['train']:.4f}, val {losses['val']:.4f}{extra}"
             )
         return losses["val"]
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
