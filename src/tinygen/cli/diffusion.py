@@ -115,6 +115,13 @@ def register(commands) -> None:
                 help="min-SNR-gamma loss weighting (e.g. 5); 0 disables",
             )
             train.add_argument(
+                "--label-embedding",
+                choices=("factored", "joint"),
+                default="factored",
+                help="factored: one embedding per colour and per shape, summed (default); "
+                "joint: one per (colour, shape) class",
+            )
+            train.add_argument(
                 "--cond-drop-prob",
                 type=float,
                 default=0.1,
@@ -255,6 +262,7 @@ def train_diffusion(args: argparse.Namespace) -> int:
         prediction_type=args.prediction_type,
         conditioning=args.conditioning,
         num_classes=data.num_classes or 48,
+        label_factors=data.label_factors if args.label_embedding == "factored" else (),
         cond_drop_prob=args.cond_drop_prob,
         min_snr_gamma=args.min_snr_gamma,
     )

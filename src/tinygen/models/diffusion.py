@@ -10,7 +10,11 @@ low-noise steps, where the eps loss over-weights easy denoising:
 Class conditioning (`conditioning="class"`): a label embedding added to the time embedding
 (ADM). For classifier-free guidance (Ho & Salimans 2022) the label is replaced by a learned
 null label (index `num_classes`) with probability `cond_drop_prob` during training, so the
-same network predicts both eps(x_t, y) and eps(x_t, null).
+same network predicts both eps(x_t, y) and eps(x_t, null). With `label_factors` (e.g.
+(8, 6) for the shapes world's (colour, shape) classes) a label is split into its attributes,
+each with its own embedding, summed: every colour and every shape embedding then learns from
+all the images that show it (8x and 6x more than a per-class row), and pairs never seen in
+training still get a meaningful condition.
 
 Sampling goes through `tinygen.diffusion.sampling.sample` (DDPM or DDIM) with the
 classifier-free wrapper of `tinygen.diffusion.guidance` and, optionally, a noisy classifier
@@ -19,6 +23,7 @@ for classifier guidance (Dhariwal & Nichol 2021, Alg. 1 and 2).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -47,6 +52,10 @@ class DiffusionConfig:
     )
     conditioning: str = field(default="none", metadata={"help": "none | class"})
     num_classes: int = field(default=48, metadata={"help": "labels when conditioning=class"})
+    label_factors: tuple[int, ...] = field(
+        default=(),
+        metadata={"help": "split labels into attributes, e.g. 8,6 (empty: one row per class)"},
+    )
     cond_drop_prob: float = field(
         default=0.1, metadata={"help": "chance of the null label in training (CFG)"}
     )
@@ -55,6 +64,7 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
             self.unet = UNetConfig(**self.unet)
+        self.label_factors = tuple(self.label_factors)
 
     @property
     def class_conditional(self) -> bool:
@@ -62,7 +72,8 @@ class DiffusionConfig:
 
     def unet_config(self) -> UNetConfig:
         """The U-Net config with the class-embedding rows this model needs (labels + null)."""
-        rows = self.num_classes + 1 if self.class_conditional else 0
+        labels = sum(self.label_factors) if self.label_factors else self.num_classes
+        rows = labels + 1 if self.class_conditional else 0
         return UNetConfig(**{**asdict(self.unet), "num_classes": rows})
 
     def validate(self) -> None:
@@ -80,6 +91,11 @@ class DiffusionConfig:
             raise TinygenError(f"unknown --cond {self.conditioning!r}; choose none or class")
         if self.class_conditional and self.num_classes < 1:
             raise TinygenError("class conditioning needs num_classes >= 1")
+        if self.label_factors and math.prod(self.label_factors) != self.num_classes:
+            raise TinygenError(
+                f"label_factors {self.label_factors} multiply to "
+                f"{math.prod(self.label_factors)}, not num_classes={self.num_classes}"
+            )
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise TinygenError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.min_snr_gamma < 0:
@@ -124,7 +140,25 @@ class DiffusionModel(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The network output (eps, x_0 or v) for x_t (B, C, H, W) at timesteps t (B,)."""
-        return self.unet(x_t, t, labels if self.config.class_conditional else None)
+        if not self.config.class_conditional:
+            return self.unet(x_t, t, None)
+        return self.unet(x_t, t, self.embedding_rows(labels))
+
+    def embedding_rows(self, labels: Tensor | None) -> Tensor | None:
+        """Labels (B,) -> the rows of the U-Net's class table: the label itself, or with
+        `label_factors` its mixed-radix digits (B, k) (label = ((d0 * f1) + d1) * f2 + ...),
+        each offset into its own block of rows; the null label is the last row."""
+        factors = self.config.label_factors
+        if labels is None or not factors:
+            return labels
+        digits, rest = [], labels
+        for factor in reversed(factors):
+            digits.append(rest % factor)
+            rest = rest // factor
+        offsets = torch.tensor([0, *factors[:-1]], device=labels.device).cumsum(0)
+        rows = torch.stack(digits[::-1], dim=1) + offsets
+        null_row = sum(factors)
+        return torch.where((labels == self.null_label)[:, None], null_row, rows)
 
     def training_loss(
         self,
@@ -284,7 +318,7 @@ class ImageData:
         self.source = source
         n_val = n_val if n_val is not None else max(64, min(1000, n_train // 10))
         if source == "shapes":
-            from tinygen.data.shapes import SHAPES, ShapesDataset
+            from tinygen.data.shapes import COLORS, SHAPES, ShapesDataset
 
             self.images, self.labels = {}, {}
             for split, n in (("train", n_train), ("val", n_val)):
@@ -292,6 +326,7 @@ class ImageData:
                 self.images[split] = data.images
                 self.labels[split] = data.labels["color"] * len(SHAPES) + data.labels["shape"]
             self.num_classes = 48
+            self.label_factors = (len(COLORS), len(SHAPES))  # label = colour * 6 + shape
         else:
             from tinygen.data.image_folder import ImageFolderDataset
 
@@ -304,6 +339,7 @@ class ImageData:
             }
             self.labels = None
             self.num_classes = 0
+            self.label_factors = ()
 
     def describe(self) -> dict:
         return {

@@ -260,12 +260,17 @@ class UNetEncoder(nn.Module):
         self.out_channels = ch
 
     def embed(self, t: Tensor, class_labels: Tensor | None) -> Tensor:
-        """(B,) timesteps (+ (B,) labels) -> (B, 4 * base_channels)."""
+        """(B,) timesteps (+ labels) -> (B, 4 * base_channels).
+
+        class_labels is (B,) rows of the class table, or (B, k): k rows per sample whose
+        embeddings are summed (one row per attribute, e.g. colour and shape).
+        """
         emb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels))
         if self.class_emb is not None:
             if class_labels is None:
                 raise TinygenError("this U-Net is class-conditional and needs class labels")
-            emb = emb + self.class_emb(class_labels)
+            label_emb = self.class_emb(class_labels)
+            emb = emb + (label_emb.sum(1) if class_labels.dim() == 2 else label_emb)
         return emb
 
     def check_input(self, x: Tensor) -> None:

@@ -29,6 +29,9 @@ class TrainConfig:
     seed: int = 1337
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16"}
+    )
     ema_decay: float = field(default=0.0, metadata={"help": "EMA of weights; 0 disables"})
 
     def validate(self) -> None:
@@ -54,3 +57,7 @@ class TrainConfig:
             raise TinygenError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TinygenError(f"unknown --device {self.device!r}; choose auto, cpu or cuda")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise TinygenError(
+                f"unknown --precision {self.precision!r}; choose auto, fp32 or bf16"
+            )

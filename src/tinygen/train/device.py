@@ -22,8 +22,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full fp32 on CPU (CPU bf16 is slower and less exact)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The mixed-precision context of a forward pass.
+
+    auto: bf16 autocast on CUDA, full fp32 on CPU (on most CPUs bf16 is slower, and it is
+    always less exact). bf16: autocast on either device -- worth it on CPUs with AMX tiles
+    (Intel Sapphire Rapids and later), where bf16 convolutions and matmuls run on the matrix
+    unit. fp32: no autocast anywhere.
+    """
+    if precision not in PRECISIONS:
+        raise TinygenError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -209,7 +209,7 @@ class Trainer:
                 batch = to_device(
                     self.task.get_batch(split, self.config.batch_size, gen), self.device
                 )
-                with autocast(self.device):
+                with autocast(self.device, self.config.precision):
                     total += self.task.loss(model, batch).float()
             out[split] = (total / self.config.eval_iters).item()
         self.model.train()
@@ -298,7 +298,7 @@ class Trainer:
                 if self.dist.enabled and not sync
                 else contextlib.nullcontext()
             )
-            with context, autocast(self.device):
+            with context, autocast(self.device, self.config.precision):
                 loss = self.task.loss(self.forward_model, batch) / cfg.grad_accum
             with context:
                 loss.backward()
