@@ -25,9 +25,10 @@ from tinygen.train.trainer import Trainer
 
 
 class ProbeTask(DiffusionTask):
-    def __init__(self, *a, guidances: list[float], n: int, log: Path, **k) -> None:
+    def __init__(self, *a, guidances: list[float], n: int, log: Path, steps: int, **k) -> None:
         super().__init__(*a, **k)
         self.guidances, self.n, self.log, self.start = guidances, n, log, time.time()
+        self.steps = steps
 
     def evaluate(self, model, step: int) -> dict:
         try:  # the evaluator may still be training beside this probe
@@ -35,7 +36,7 @@ class ProbeTask(DiffusionTask):
         except Exception as e:  # noqa: BLE001
             print(f"step {step}: no evaluator yet ({e})", flush=True)
             return {}
-        settings = [Setting(g, "ddim", 50) for g in self.guidances]
+        settings = [Setting(g, "ddim", self.steps) for g in self.guidances]
         rows = evaluate_settings(model, settings, n=self.n, evaluator=evaluator, log=lambda s: None)
         out = {f"fid_g{r['guidance']:g}": r["fidelity"] for r in rows}
         out.update({f"fd_g{r['guidance']:g}": r["feature_distance"] for r in rows})
@@ -63,6 +64,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--guidance", default="0,2,4")
     p.add_argument("--device", default="auto")
+    p.add_argument("--labels", choices=("factored", "joint"), default="factored")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of each evaluation")
     p.add_argument("--out", type=Path, default=Path("runs/probe"))
     a = p.parse_args()
     unet = UNetConfig(
@@ -77,6 +81,7 @@ def main() -> None:
         prediction_type=a.objective,
         beta_schedule=a.schedule,
         min_snr_gamma=a.min_snr,
+        label_factors=(8, 6) if a.labels == "factored" else (),
     )
     torch.manual_seed(0)
     model = DiffusionModel(cfg)
@@ -85,7 +90,9 @@ def main() -> None:
     print(a.name, f"{model.num_params() / 1e6:.2f}M", vars(a), flush=True)
     guidances = [float(g) for g in a.guidance.split(",")]
     log = out / "probe.jsonl"
-    task = ProbeTask(model, ImageData("shapes"), guidances=guidances, n=a.n, log=log)
+    task = ProbeTask(
+        model, ImageData("shapes"), guidances=guidances, n=a.n, log=log, steps=a.steps
+    )
     tc = TrainConfig(
         max_iters=a.iters,
         batch_size=a.batch,
@@ -98,6 +105,7 @@ def main() -> None:
         weight_decay=0.0,
         device=a.device,
         min_lr=a.base_lr_floor,
+        precision=a.precision,
     )
     Trainer(
         task,

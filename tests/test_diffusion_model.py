@@ -189,7 +189,9 @@ def test_noisy_classifier_returns_logits_per_class():
 
 def test_short_training_lowers_loss_and_ema_is_exact(shapes_data, tmp_path):
     torch.manual_seed(0)
-    config = DiffusionConfig(unet=TINY_UNET, conditioning="class", num_train_timesteps=100)
+    config = DiffusionConfig(
+        unet=TINY_UNET, conditioning="class", num_train_timesteps=100, label_factors=(8, 6)
+    )
     model = DiffusionModel(config)
     task = DiffusionTask(model, shapes_data)
     train = TrainConfig(
@@ -251,3 +253,36 @@ def test_folder_data_cannot_train_a_class_model(tmp_path):
     assert data.images["train"].shape == (2, 3, 16, 16) and data.labels is None
     with pytest.raises(TinygenError, match="--cond class needs labelled data"):
         DiffusionTask(tiny_model(), data)
+
+
+def test_factored_labels_map_to_one_row_per_attribute():
+    model = tiny_model(label_factors=(8, 6))
+    labels = torch.arange(49)  # the 48 (colour, shape) classes, then the null label
+    rows = model.embedding_rows(labels)
+    colour, shape = labels[:48] // 6, labels[:48] % 6  # label = colour * 6 + shape
+    assert torch.equal(rows[:48], torch.stack([colour, 8 + shape], dim=1))
+    assert rows[48].tolist() == [14, 14]  # the null label has its own row, after all 8 + 6
+    assert model.unet.encoder.class_emb.num_embeddings == 15
+
+
+def test_factored_label_embedding_is_the_sum_of_its_attributes():
+    """emb(c, s) = colour_c + shape_s: swapping the shape changes the embedding by the same
+    vector whatever the colour (a joint table has no such structure)."""
+    model = tiny_model(label_factors=(8, 6))
+    t = torch.zeros(4, dtype=torch.long)
+    labels = torch.tensor([0 * 6 + 1, 0 * 6 + 4, 5 * 6 + 1, 5 * 6 + 4])  # 2 colours x 2 shapes
+    with torch.no_grad():
+        emb = model.unet.encoder.embed(t, model.embedding_rows(labels))
+    torch.testing.assert_close(emb[1] - emb[0], emb[3] - emb[2])
+    assert not torch.allclose(emb[0], emb[2])
+    joint = tiny_model()
+    with torch.no_grad():
+        emb = joint.unet.encoder.embed(t, joint.embedding_rows(labels))
+    assert not torch.allclose(emb[1] - emb[0], emb[3] - emb[2])
+
+
+def test_label_factors_must_multiply_to_the_classes():
+    with pytest.raises(TinygenError, match="multiply to 42"):
+        DiffusionModel(
+            DiffusionConfig(unet=TINY_UNET, conditioning="class", label_factors=(7, 6))
+        )
