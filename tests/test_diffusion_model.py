@@ -286,3 +286,15 @@ def test_label_factors_must_multiply_to_the_classes():
         DiffusionModel(
             DiffusionConfig(unet=TINY_UNET, conditioning="class", label_factors=(7, 6))
         )
+
+
+def test_heldout_eval_labels_are_only_the_pairs_training_never_shows():
+    from tinygen.data.shapes import HELDOUT_COMBOS, combo_index
+    from tinygen.eval.diffusion_eval import eval_labels
+
+    heldout = {combo_index(c, s) for c, s in HELDOUT_COMBOS}
+    _, labels, prompts = eval_labels(60, split="heldout", image_size=16)
+    assert set(labels.tolist()) == heldout
+    _, labels, _ = eval_labels(200, split="val", image_size=16)
+    assert not set(labels.tolist()) & heldout
+    assert len(prompts) == 60

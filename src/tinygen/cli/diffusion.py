@@ -186,6 +186,13 @@ def register(commands) -> None:
     )
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument(
+        "--split",
+        choices=("val", "heldout"),
+        default="val",
+        help="prompts and real images from the val split (the training distribution) or "
+        "from the held-out (colour, shape) pairs the model never saw (default val)",
+    )
+    evaluate.add_argument(
         "--evaluator",
         type=Path,
         default=None,
@@ -423,6 +430,7 @@ def eval_diffusion(args: argparse.Namespace) -> int:
         classifier=classifier,
         batch_size=args.batch_size,
         seed=args.seed,
+        split=args.split,
         log=lambda line: print(line, file=sys.stderr),
     )
     paths = write_report(rows, args.out or args.run / "eval", title=str(args.run))

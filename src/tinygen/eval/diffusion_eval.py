@@ -41,11 +41,17 @@ class Setting:
         return text
 
 
-def eval_labels(n: int, seed: int = 0, image_size: int = 32) -> tuple[Tensor, Tensor, list[str]]:
-    """n real validation images, their (colour, shape) classes and canonical prompts."""
+def eval_labels(
+    n: int, seed: int = 0, image_size: int = 32, split: str = "val"
+) -> tuple[Tensor, Tensor, list[str]]:
+    """n real images of a shapes split, their (colour, shape) classes and canonical prompts.
+
+    split "val" has the training distribution; "heldout" only the (colour, shape) pairs the
+    training split never shows (a test of compositional generalisation).
+    """
     from tinygen.data.shapes import COLORS, SHAPES, canonical_prompt, generate_shapes
 
-    real = generate_shapes(n, split="val", seed=seed, image_size=image_size)
+    real = generate_shapes(n, split=split, seed=seed, image_size=image_size)
     color, shape = real.labels["color"], real.labels["shape"]
     labels = color * len(SHAPES) + shape
     prompts = [
@@ -98,6 +104,7 @@ def evaluate_settings(
     classifier: nn.Module | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    split: str = "val",
     log=print,
 ) -> list[dict]:
     """One row per setting: fidelity ("all", "color", "shape"), feature distance, seconds.
@@ -109,7 +116,9 @@ def evaluate_settings(
     evaluator = evaluator if evaluator is not None else load_evaluator()
     evaluator = evaluator.to(next(model.parameters()).device)
     n_max = max([n, *(n_for or {}).values()])
-    real, labels, prompts = eval_labels(n_max, seed=seed, image_size=model.config.unet.image_size)
+    real, labels, prompts = eval_labels(
+        n_max, seed=seed, image_size=model.config.unet.image_size, split=split
+    )
     rows = []
     for setting in settings:
         count = (n_for or {}).get(setting.steps, n)
