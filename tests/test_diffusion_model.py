@@ -153,6 +153,42 @@ def test_guidance_zero_is_unconditional_and_one_is_conditional():
     assert torch.allclose(generate(1.0), expect_cond, atol=1e-5)
 
 
+def test_generate_with_dynamic_thresholding_rescales_x0_instead_of_clipping():
+    """thresholding=True runs the sampler with Imagen's dynamic thresholding (and so differs
+    from the default clipping once a predicted x_0 leaves [-1, 1])."""
+    from tinygen.diffusion.guidance import classifier_free_guidance
+
+    model = tiny_model()
+    with torch.no_grad():  # large eps predictions, so x_0 estimates leave [-1, 1]
+        model.unet.conv_out.weight.mul_(20)
+    n, labels = 3, torch.tensor([1, 2, 3])
+    x_T = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    guided = classifier_free_guidance(model, labels, torch.full((1,), model.null_label), 4.0)
+    runs = {}
+    for thresholding in (False, True):
+        runs[thresholding] = sample(
+            guided,
+            (n, 3, 16, 16),
+            schedule=model.schedule,
+            num_inference_steps=5,
+            x_T=x_T,
+            progress=False,
+            clip_sample=not thresholding,
+            thresholding=thresholding,
+            sample_max_value=1.5,
+        ).clamp(-1, 1)
+        got = model.generate(
+            n,
+            labels=labels,
+            guidance=4.0,
+            steps=5,
+            generator=torch.Generator().manual_seed(5),
+            thresholding=thresholding,
+        )
+        assert torch.allclose(got, runs[thresholding], atol=1e-5)
+    assert not torch.allclose(runs[False], runs[True], atol=1e-3)
+
+
 def test_bad_sampling_inputs_are_clear_errors():
     model = tiny_model()
     labels = torch.tensor([0, 1])

@@ -212,6 +212,12 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
     parser.add_argument(
+        "--thresholding",
+        action="store_true",
+        help="dynamic thresholding of the predicted x_0 (Imagen) instead of clipping: keeps "
+        "colours under strong guidance",
+    )
+    parser.add_argument(
         "--classifier", type=Path, default=None, help="noisy-classifier run for classifier guidance"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -385,6 +391,7 @@ def sample_diffusion(args: argparse.Namespace) -> int:
         generator=gen,
         classifier=classifier,
         classifier_scale=args.classifier_scale if classifier is not None else 0.0,
+        thresholding=args.thresholding,
         callback=record,
         progress=True,
     )
@@ -415,11 +422,11 @@ def eval_diffusion(args: argparse.Namespace) -> int:
         sampler = "ddpm" if steps == total else "ddim"
         if scales is not None:
             guidance = args.guidance[0] if model.config.class_conditional else 1.0
-            settings += [Setting(guidance, sampler, steps, s, args.eta) for s in scales]
+            settings += [Setting(guidance, sampler, steps, s, args.eta, args.thresholding) for s in scales]
         elif model.config.class_conditional:
-            settings += [Setting(g, sampler, steps, 0.0, args.eta) for g in args.guidance]
+            settings += [Setting(g, sampler, steps, 0.0, args.eta, args.thresholding) for g in args.guidance]
         else:
-            settings.append(Setting(1.0, sampler, steps, 0.0, args.eta))
+            settings.append(Setting(1.0, sampler, steps, 0.0, args.eta, args.thresholding))
     n_for = {total: args.n_ddpm} if args.n_ddpm else None
     rows = evaluate_settings(
         model,

@@ -32,12 +32,15 @@ class Setting:
     steps: int = 50
     classifier_scale: float = 0.0
     eta: float = 0.0
+    thresholding: bool = False  # dynamic thresholding of x_0 instead of clipping
 
     @property
     def name(self) -> str:
         text = f"{self.sampler.upper()}-{self.steps}, guidance {self.guidance:g}"
         if self.classifier_scale:
             text += f", classifier scale {self.classifier_scale:g}"
+        if self.thresholding:
+            text += ", dynamic thresholding"
         return text
 
 
@@ -85,6 +88,7 @@ def generate_for_labels(
                 generator=gen,
                 classifier=classifier,
                 classifier_scale=setting.classifier_scale,
+                thresholding=setting.thresholding,
             ).cpu()
         )
     return torch.cat(parts)

@@ -38,6 +38,7 @@ from tinygen.errors import TinygenError
 from tinygen.nn.unet import UNet, UNetConfig
 
 CONDITIONINGS = ("none", "class")
+THRESHOLD_MAX = 1.5  # dynamic thresholding: the largest scale s (DeepFloyd IF's value)
 
 
 @dataclass
@@ -220,6 +221,7 @@ class DiffusionModel(nn.Module):
         callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
         progress: bool = False,
         clip_sample: bool = True,
+        thresholding: bool = False,
     ) -> Tensor:
         """Draw n images (n, C, H, W) in [-1, 1].
 
@@ -230,6 +232,11 @@ class DiffusionModel(nn.Module):
         clip_sample: clip each predicted x_0 to [-1, 1] before the step (the default of
         diffusers' DDPM and DDIM schedulers and of DDPM's reference code); it keeps an
         imperfect eps prediction at high noise from throwing pixels far out of range.
+        thresholding: dynamic thresholding instead (Saharia et al. 2022, sec. 2.3): each
+        predicted x_0 is clipped to [-s, s] and divided by s, s = its 99.5th-percentile
+        |pixel| kept within [1, 1.5] (the cap of DeepFloyd IF's scheduler; diffusers' default
+        cap of 1.0 would make this plain clipping), so strong guidance keeps its colours
+        instead of saturating them at the clip.
         """
         device = next(self.parameters()).device
         self.check_labels(labels, n)
@@ -278,6 +285,8 @@ class DiffusionModel(nn.Module):
             progress=progress,
             callback=callback,
             clip_sample=clip_sample,
+            thresholding=thresholding,
+            sample_max_value=THRESHOLD_MAX,
             **extra,
         ).clamp(-1, 1)
 
