@@ -135,7 +135,8 @@ def test_guidance_zero_is_unconditional_and_one_is_conditional():
             num_inference_steps=5,
             x_T=x_T,
             progress=False,
-            clip_sample=True,  # generate clips x_0 by default, as diffusers does
+            clip_sample=True,  # generate clips x_0 by default, as diffusers does,
+            use_clipped_model_output=True,  # and takes eps from the clipped x_0
         ).clamp(-1, 1)
 
     null = torch.full((n,), model.null_label)
@@ -176,6 +177,7 @@ def test_generate_with_dynamic_thresholding_rescales_x0_instead_of_clipping():
             clip_sample=not thresholding,
             thresholding=thresholding,
             sample_max_value=1.5,
+            use_clipped_model_output=True,
         ).clamp(-1, 1)
         got = model.generate(
             n,
@@ -187,6 +189,46 @@ def test_generate_with_dynamic_thresholding_rescales_x0_instead_of_clipping():
         )
         assert torch.allclose(got, runs[thresholding], atol=1e-5)
     assert not torch.allclose(runs[False], runs[True], atol=1e-3)
+
+
+def test_ddim_takes_eps_from_the_clipped_x0_unless_told_not_to():
+    """Under strong guidance the predicted x_0 leaves [-1, 1]; generate then recomputes eps
+    from the clipped x_0 (recompute_eps=True), which keeps x_t consistent with it; the
+    diffusers default (recompute_eps=False) pairs the clipped x_0 with the raw eps."""
+    from tinygen.diffusion.guidance import classifier_free_guidance
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.unet.conv_out.weight.mul_(20)
+    n, labels = 2, torch.tensor([4, 9])
+    x_T = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    guided = classifier_free_guidance(model, labels, torch.full((1,), model.null_label), 4.0)
+    for recompute in (True, False):
+        expected = sample(
+            guided,
+            (n, 3, 16, 16),
+            schedule=model.schedule,
+            num_inference_steps=5,
+            x_T=x_T,
+            progress=False,
+            clip_sample=True,
+            use_clipped_model_output=recompute,
+        ).clamp(-1, 1)
+        got = model.generate(
+            n,
+            labels=labels,
+            guidance=4.0,
+            steps=5,
+            generator=torch.Generator().manual_seed(1),
+            recompute_eps=recompute,
+        )
+        assert torch.allclose(got, expected, atol=1e-5)
+    kwargs = dict(labels=labels, guidance=4.0, steps=5)
+    a = model.generate(n, generator=torch.Generator().manual_seed(1), **kwargs)
+    b = model.generate(
+        n, generator=torch.Generator().manual_seed(1), recompute_eps=False, **kwargs
+    )
+    assert not torch.allclose(a, b, atol=1e-3)
 
 
 def test_bad_sampling_inputs_are_clear_errors():

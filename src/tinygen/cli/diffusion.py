@@ -214,8 +214,14 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--thresholding",
         action="store_true",
-        help="dynamic thresholding of the predicted x_0 (Imagen) instead of clipping: keeps "
-        "colours under strong guidance",
+        help="dynamic thresholding of the predicted x_0 (Imagen) instead of clipping",
+    )
+    parser.add_argument(
+        "--no-recompute-eps",
+        dest="recompute_eps",
+        action="store_false",
+        help="DDIM: keep the model's own eps after clipping x_0 (diffusers' default) instead "
+        "of recomputing it from the clipped x_0; drifts to wrong colours under strong guidance",
     )
     parser.add_argument(
         "--classifier", type=Path, default=None, help="noisy-classifier run for classifier guidance"
@@ -392,6 +398,7 @@ def sample_diffusion(args: argparse.Namespace) -> int:
         classifier=classifier,
         classifier_scale=args.classifier_scale if classifier is not None else 0.0,
         thresholding=args.thresholding,
+        recompute_eps=args.recompute_eps,
         callback=record,
         progress=True,
     )
@@ -422,11 +429,11 @@ def eval_diffusion(args: argparse.Namespace) -> int:
         sampler = "ddpm" if steps == total else "ddim"
         if scales is not None:
             guidance = args.guidance[0] if model.config.class_conditional else 1.0
-            settings += [Setting(guidance, sampler, steps, s, args.eta, args.thresholding) for s in scales]
+            settings += [Setting(guidance, sampler, steps, s, args.eta, args.thresholding, args.recompute_eps) for s in scales]
         elif model.config.class_conditional:
-            settings += [Setting(g, sampler, steps, 0.0, args.eta, args.thresholding) for g in args.guidance]
+            settings += [Setting(g, sampler, steps, 0.0, args.eta, args.thresholding, args.recompute_eps) for g in args.guidance]
         else:
-            settings.append(Setting(1.0, sampler, steps, 0.0, args.eta, args.thresholding))
+            settings.append(Setting(1.0, sampler, steps, 0.0, args.eta, args.thresholding, args.recompute_eps))
     n_for = {total: args.n_ddpm} if args.n_ddpm else None
     rows = evaluate_settings(
         model,

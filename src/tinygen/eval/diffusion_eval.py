@@ -33,6 +33,7 @@ class Setting:
     classifier_scale: float = 0.0
     eta: float = 0.0
     thresholding: bool = False  # dynamic thresholding of x_0 instead of clipping
+    recompute_eps: bool = True  # DDIM: eps from the clipped x_0 (see DiffusionModel.generate)
 
     @property
     def name(self) -> str:
@@ -41,6 +42,8 @@ class Setting:
             text += f", classifier scale {self.classifier_scale:g}"
         if self.thresholding:
             text += ", dynamic thresholding"
+        if not self.recompute_eps:
+            text += ", unclipped eps"
         return text
 
 
@@ -89,6 +92,7 @@ def generate_for_labels(
                 classifier=classifier,
                 classifier_scale=setting.classifier_scale,
                 thresholding=setting.thresholding,
+                recompute_eps=setting.recompute_eps,
             ).cpu()
         )
     return torch.cat(parts)

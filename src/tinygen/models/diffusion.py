@@ -222,6 +222,7 @@ class DiffusionModel(nn.Module):
         progress: bool = False,
         clip_sample: bool = True,
         thresholding: bool = False,
+        recompute_eps: bool = True,
     ) -> Tensor:
         """Draw n images (n, C, H, W) in [-1, 1].
 
@@ -237,6 +238,11 @@ class DiffusionModel(nn.Module):
         |pixel| kept within [1, 1.5] (the cap of DeepFloyd IF's scheduler; diffusers' default
         cap of 1.0 would make this plain clipping), so strong guidance keeps its colours
         instead of saturating them at the clip.
+        recompute_eps (DDIM): after clipping, take the noise direction from the clipped x_0,
+        eps = (x_t - sqrt(ab_t) x_0) / sqrt(1 - ab_t) (diffusers' `use_clipped_model_output`,
+        GLIDE's choice). Without it the step pairs the clipped x_0 with the noise of the
+        unclipped one, and under strong guidance x_t drifts towards the complementary colour
+        (a red prompt turns cyan; docs/benchmarks.md measures it). diffusers' default is off.
         """
         device = next(self.parameters()).device
         self.check_labels(labels, n)
@@ -287,6 +293,7 @@ class DiffusionModel(nn.Module):
             clip_sample=clip_sample,
             thresholding=thresholding,
             sample_max_value=THRESHOLD_MAX,
+            use_clipped_model_output=recompute_eps,  # (ignored by DDPM, which needs no eps)
             **extra,
         ).clamp(-1, 1)
 
