@@ -90,9 +90,7 @@ def main() -> None:
     print(a.name, f"{model.num_params() / 1e6:.2f}M", vars(a), flush=True)
     guidances = [float(g) for g in a.guidance.split(",")]
     log = out / "probe.jsonl"
-    task = ProbeTask(
-        model, ImageData("shapes"), guidances=guidances, n=a.n, log=log, steps=a.steps
-    )
+    task = ProbeTask(model, ImageData("shapes"), guidances=guidances, n=a.n, log=log, steps=a.steps)
     tc = TrainConfig(
         max_iters=a.iters,
         batch_size=a.batch,

@@ -225,9 +225,7 @@ def test_ddim_takes_eps_from_the_clipped_x0_unless_told_not_to():
         assert torch.allclose(got, expected, atol=1e-5)
     kwargs = dict(labels=labels, guidance=4.0, steps=5)
     a = model.generate(n, generator=torch.Generator().manual_seed(1), **kwargs)
-    b = model.generate(
-        n, generator=torch.Generator().manual_seed(1), recompute_eps=False, **kwargs
-    )
+    b = model.generate(n, generator=torch.Generator().manual_seed(1), recompute_eps=False, **kwargs)
     assert not torch.allclose(a, b, atol=1e-3)
 
 
@@ -361,9 +359,7 @@ def test_factored_label_embedding_is_the_sum_of_its_attributes():
 
 def test_label_factors_must_multiply_to_the_classes():
     with pytest.raises(TinygenError, match="multiply to 42"):
-        DiffusionModel(
-            DiffusionConfig(unet=TINY_UNET, conditioning="class", label_factors=(7, 6))
-        )
+        DiffusionModel(DiffusionConfig(unet=TINY_UNET, conditioning="class", label_factors=(7, 6)))
 
 
 def test_heldout_eval_labels_are_only_the_pairs_training_never_shows():

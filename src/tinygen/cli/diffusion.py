@@ -424,16 +424,23 @@ def eval_diffusion(args: argparse.Namespace) -> int:
     scales = args.classifier_scales if classifier is not None else None
     if classifier is not None and scales is None:
         raise TinygenError("--classifier needs --classifier-scales (e.g. 0,1,2,4,8)")
+
+    def setting(guidance: float, sampler: str, steps: int, classifier_scale: float) -> Setting:
+        return Setting(
+            guidance, sampler, steps, classifier_scale, args.eta, args.thresholding,
+            args.recompute_eps,
+        )  # fmt: skip
+
     settings = []
     for steps in args.steps:
         sampler = "ddpm" if steps == total else "ddim"
         if scales is not None:
             guidance = args.guidance[0] if model.config.class_conditional else 1.0
-            settings += [Setting(guidance, sampler, steps, s, args.eta, args.thresholding, args.recompute_eps) for s in scales]
+            settings += [setting(guidance, sampler, steps, s) for s in scales]
         elif model.config.class_conditional:
-            settings += [Setting(g, sampler, steps, 0.0, args.eta, args.thresholding, args.recompute_eps) for g in args.guidance]
+            settings += [setting(g, sampler, steps, 0.0) for g in args.guidance]
         else:
-            settings.append(Setting(1.0, sampler, steps, 0.0, args.eta, args.thresholding, args.recompute_eps))
+            settings.append(setting(1.0, sampler, steps, 0.0))
     n_for = {total: args.n_ddpm} if args.n_ddpm else None
     rows = evaluate_settings(
         model,

@@ -58,6 +58,4 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TinygenError(f"unknown --device {self.device!r}; choose auto, cpu or cuda")
         if self.precision not in ("auto", "fp32", "bf16"):
-            raise TinygenError(
-                f"unknown --precision {self.precision!r}; choose auto, fp32 or bf16"
-            )
+            raise TinygenError(f"unknown --precision {self.precision!r}; choose auto, fp32 or bf16")
