@@ -4,12 +4,13 @@ size (the `shapes` preset: widths 32/64/128, one residual block per level, atten
 side in one process: the two models alternate, each timed step is forward + MSE + backward
 + AdamW on the same batch, and we report the median images/s of each and their ratio.
 
-    flock /tmp/tinygen-cpu.lock python benchmarks/diffusion_train_speed.py --batch 48 --repeats 10
+    python benchmarks/diffusion_train_speed.py --batch 48 --repeats 10 --bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -51,6 +52,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time tinygen's U-Net under CPU bf16 autocast (--precision bf16)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     ours, theirs = make_models()
@@ -63,6 +69,14 @@ def main() -> None:
         "tinygen UNet": (ours, lambda: ours(x, t, y)),
         "diffusers UNet2DModel": (theirs, lambda: theirs(x, t, class_labels=y).sample),
     }
+    if args.bf16:
+        ours_bf16 = copy.deepcopy(ours)
+
+        def forward_bf16() -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return ours_bf16(x, t, y).float()
+
+        forwards["tinygen UNet, bf16 autocast"] = (ours_bf16, forward_bf16)
     optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, (m, _) in forwards.items()}
     times: dict[str, list[float]] = {name: [] for name in forwards}
     for i in range(args.warmup + args.repeats):
@@ -85,6 +99,9 @@ def main() -> None:
         print(f"{name}: {params / 1e6:.3f}M parameters, {rates[name]:.1f} images/s")
     ratio = rates["tinygen UNet"] / rates["diffusers UNet2DModel"]
     print(f"ratio tinygen / diffusers: {ratio:.2f}")
+    if args.bf16:
+        speedup = rates["tinygen UNet, bf16 autocast"] / rates["tinygen UNet"]
+        print(f"ratio tinygen bf16 / fp32: {speedup:.2f}")
 
 
 if __name__ == "__main__":
