@@ -41,8 +41,9 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
         UNetConfig(
             base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_resolutions=(8,)
         ),
-        # sized for 30 minutes on one CPU thread with --precision bf16 (AMX): ~68 images/s
-        # (a second thread adds almost nothing for this model; use it for another job)
+        # sized for 30 minutes on one CPU thread with --precision bf16 (AMX): ~55-65 images/s
+        # (a second thread adds almost nothing for this model; docs/benchmarks.md trains it as
+        # two one-thread DDP processes, --schedule cosine, 2,500 steps of batch 2 x 24)
         TrainConfig(
             max_iters=2400,
             batch_size=48,
