@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_TINYSHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
 
@@ -29,3 +30,14 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
     return shakespeare_text()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU makes two OpenMP threads
+    spin against other processes (100x slower steps were measured); restore afterwards.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,15 +17,8 @@ from tinygen.cli.main import main
 from tinygen.data.shapes import COLORS, SHAPES
 from tinygen.train import checkpoint as ckpt
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes two OpenMP threads
-    spin against other processes (100x slower steps were measured); restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models run fastest on one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = [

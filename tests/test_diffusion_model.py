@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from torch import Tensor
 
 from tinygen.diffusion.sampling import sample
 from tinygen.errors import TinygenError
@@ -25,15 +26,8 @@ from tinygen.train.config import TrainConfig
 from tinygen.train.runs import load_model
 from tinygen.train.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes two OpenMP threads
-    spin against other processes (100x slower steps were measured); restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models run fastest on one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_UNET = UNetConfig(
@@ -154,9 +148,9 @@ def test_guidance_zero_is_unconditional_and_one_is_conditional():
     assert torch.allclose(generate(1.0), expect_cond, atol=1e-5)
 
 
-def test_generate_with_dynamic_thresholding_rescales_x0_instead_of_clipping():
-    """thresholding=True runs the sampler with Imagen's dynamic thresholding (and so differs
-    from the default clipping once a predicted x_0 leaves [-1, 1])."""
+def strongly_guided_generate(sample_options: dict, **generate_options) -> Tensor:
+    """generate() at guidance 4 on a model whose x_0 estimates leave [-1, 1], checked equal
+    to the plain sample() loop run with `sample_options`; returns the images."""
     from tinygen.diffusion.guidance import classifier_free_guidance
 
     model = tiny_model()
@@ -165,68 +159,47 @@ def test_generate_with_dynamic_thresholding_rescales_x0_instead_of_clipping():
     n, labels = 3, torch.tensor([1, 2, 3])
     x_T = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     guided = classifier_free_guidance(model, labels, torch.full((1,), model.null_label), 4.0)
-    runs = {}
-    for thresholding in (False, True):
-        runs[thresholding] = sample(
-            guided,
-            (n, 3, 16, 16),
-            schedule=model.schedule,
-            num_inference_steps=5,
-            x_T=x_T,
-            progress=False,
-            clip_sample=not thresholding,
-            thresholding=thresholding,
-            sample_max_value=1.5,
-            use_clipped_model_output=True,
-        ).clamp(-1, 1)
-        got = model.generate(
-            n,
-            labels=labels,
-            guidance=4.0,
-            steps=5,
-            generator=torch.Generator().manual_seed(5),
-            thresholding=thresholding,
-        )
-        assert torch.allclose(got, runs[thresholding], atol=1e-5)
-    assert not torch.allclose(runs[False], runs[True], atol=1e-3)
+    expected = sample(
+        guided,
+        (n, 3, 16, 16),
+        schedule=model.schedule,
+        num_inference_steps=5,
+        x_T=x_T,  # generate draws the same x_T from the same seed
+        progress=False,
+        **sample_options,
+    ).clamp(-1, 1)
+    got = model.generate(
+        n,
+        labels=labels,
+        guidance=4.0,
+        steps=5,
+        generator=torch.Generator().manual_seed(5),
+        **generate_options,
+    )
+    assert torch.allclose(got, expected, atol=1e-5)
+    return got
+
+
+def test_generate_with_dynamic_thresholding_rescales_x0_instead_of_clipping():
+    """thresholding=True runs the sampler with Imagen's dynamic thresholding (s capped at
+    1.5), which differs from the default clipping once a predicted x_0 leaves [-1, 1]."""
+    clipped = strongly_guided_generate({"clip_sample": True, "use_clipped_model_output": True})
+    thresholded = strongly_guided_generate(
+        {"thresholding": True, "sample_max_value": 1.5, "use_clipped_model_output": True},
+        thresholding=True,
+    )
+    assert not torch.allclose(clipped, thresholded, atol=1e-3)
 
 
 def test_ddim_takes_eps_from_the_clipped_x0_unless_told_not_to():
     """Under strong guidance the predicted x_0 leaves [-1, 1]; generate then recomputes eps
     from the clipped x_0 (recompute_eps=True), which keeps x_t consistent with it; the
     diffusers default (recompute_eps=False) pairs the clipped x_0 with the raw eps."""
-    from tinygen.diffusion.guidance import classifier_free_guidance
-
-    model = tiny_model()
-    with torch.no_grad():
-        model.unet.conv_out.weight.mul_(20)
-    n, labels = 2, torch.tensor([4, 9])
-    x_T = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    guided = classifier_free_guidance(model, labels, torch.full((1,), model.null_label), 4.0)
-    for recompute in (True, False):
-        expected = sample(
-            guided,
-            (n, 3, 16, 16),
-            schedule=model.schedule,
-            num_inference_steps=5,
-            x_T=x_T,
-            progress=False,
-            clip_sample=True,
-            use_clipped_model_output=recompute,
-        ).clamp(-1, 1)
-        got = model.generate(
-            n,
-            labels=labels,
-            guidance=4.0,
-            steps=5,
-            generator=torch.Generator().manual_seed(1),
-            recompute_eps=recompute,
-        )
-        assert torch.allclose(got, expected, atol=1e-5)
-    kwargs = dict(labels=labels, guidance=4.0, steps=5)
-    a = model.generate(n, generator=torch.Generator().manual_seed(1), **kwargs)
-    b = model.generate(n, generator=torch.Generator().manual_seed(1), recompute_eps=False, **kwargs)
-    assert not torch.allclose(a, b, atol=1e-3)
+    recomputed = strongly_guided_generate({"clip_sample": True, "use_clipped_model_output": True})
+    raw = strongly_guided_generate(
+        {"clip_sample": True, "use_clipped_model_output": False}, recompute_eps=False
+    )
+    assert not torch.allclose(recomputed, raw, atol=1e-3)
 
 
 def test_bad_sampling_inputs_are_clear_errors():

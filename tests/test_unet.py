@@ -11,15 +11,8 @@ from tinygen.errors import TinygenError
 from tinygen.nn.attention import Attention
 from tinygen.nn.unet import AttentionBlock, UNet, UNetConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes two OpenMP threads
-    spin against other processes (100x slower steps were measured); restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models run fastest on one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> UNetConfig:
