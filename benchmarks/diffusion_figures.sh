@@ -35,9 +35,9 @@ lane_a() {
 }
 lane_b() {
   tinygen train diffusion --data shapes --cond none --objective v_prediction --preset shapes \
-    --precision bf16 --max-iters 1000 --eval-interval 500 --out runs/diffusion-uncond \
+    --schedule linear --precision bf16 --max-iters 1000 --eval-interval 500 --out runs/diffusion-uncond \
     --no-progress > runs/diffusion-uncond.log 2>&1
-  tinygen train noisy-classifier --data shapes --preset shapes --precision bf16 \
+  tinygen train noisy-classifier --data shapes --preset shapes --schedule linear --precision bf16 \
     --max-iters 1500 --ema-decay 0 --eval-interval 500 --out runs/noisy-classifier \
     --no-progress > runs/noisy-classifier.log 2>&1
   tinygen eval diffusion --run runs/diffusion-uncond --classifier runs/noisy-classifier \

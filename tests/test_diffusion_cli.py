@@ -288,3 +288,31 @@ def test_unconditional_model_rejects_a_label_without_classifier(tmp_path, capsys
         ]
     )
     assert code == 2 and "--classifier" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "schedule", "objective"),
+    [
+        (["--preset", "shapes"], "cosine", "v_prediction"),
+        (["--preset", "tiny"], "linear", "epsilon"),
+        (
+            ["--preset", "shapes", "--schedule", "linear", "--objective", "epsilon"],
+            "linear",
+            "epsilon",
+        ),
+    ],
+)
+def test_preset_sets_schedule_and_objective_unless_given(flags, schedule, objective):
+    """The shapes preset is the measured recipe (cosine, v-prediction); flags still win, and
+    the noisy classifier gets the same schedule default as the model it will guide."""
+    from tinygen.cli.diffusion import _configs
+    from tinygen.cli.main import build_parser
+
+    for command in ("diffusion", "noisy-classifier"):
+        if command == "noisy-classifier" and "--objective" in flags:
+            continue  # a classifier has no objective flag
+        args = build_parser().parse_args(["train", command, *flags])
+        _configs(args)
+        assert args.beta_schedule == schedule
+        if command == "diffusion":
+            assert args.prediction_type == objective

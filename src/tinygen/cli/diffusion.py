@@ -14,9 +14,24 @@ from tinygen.errors import TinygenError
 from tinygen.nn.unet import UNetConfig
 from tinygen.train.config import TrainConfig
 
-# Named recipes: (U-Net, training). "shapes" is the 30-minute CPU recipe of docs/benchmarks.md.
-PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
-    "tiny": (
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named recipe: the U-Net, the training run and the defaults of the diffusion process.
+
+    `beta_schedule` and `prediction_type` are only defaults: `--schedule` and `--objective`
+    override them (a noisy classifier takes the schedule too, so it matches its model).
+    """
+
+    unet: UNetConfig
+    train: TrainConfig
+    beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"
+
+
+# "shapes" is the 30-minute CPU recipe of docs/benchmarks.md; "tiny" is for tests and smoke runs.
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
         UNetConfig(
             base_channels=16,
             channel_mult=(1, 2),
@@ -37,13 +52,13 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
             ema_decay=0.99,
         ),
     ),
-    "shapes": (
+    "shapes": Preset(
         UNetConfig(
             base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, attention_resolutions=(8,)
         ),
         # sized for 30 minutes on one CPU thread with --precision bf16 (AMX): ~55-65 images/s
         # (a second thread adds almost nothing for this model; docs/benchmarks.md trains it as
-        # two one-thread DDP processes, --schedule cosine, 2,500 steps of batch 2 x 24)
+        # two one-thread DDP processes, 2,500 steps of batch 2 x 24)
         TrainConfig(
             max_iters=2400,
             batch_size=48,
@@ -55,6 +70,9 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
             weight_decay=0.0,
             ema_decay=0.998,
         ),
+        # measured in docs/benchmarks.md: cosine + v-prediction reach >= 90% prompt fidelity
+        beta_schedule="cosine",
+        prediction_type="v_prediction",
     ),
 }
 UNET_EXCLUDE = ("in_channels", "out_channels", "num_classes", "context_dim")
@@ -83,8 +101,9 @@ def register(commands) -> None:
         train.add_argument(
             "--schedule",
             dest="beta_schedule",
-            default="linear",
-            help="beta schedule: linear | scaled_linear | cosine",
+            default=None,
+            help="beta schedule: linear | scaled_linear | cosine (default: the preset's; "
+            "shapes: cosine, tiny: linear)",
         )
         train.add_argument("--num-train-timesteps", type=int, default=1000)
         train.add_argument(
@@ -108,8 +127,9 @@ def register(commands) -> None:
             train.add_argument(
                 "--objective",
                 dest="prediction_type",
-                default="epsilon",
-                help="epsilon | sample | v_prediction",
+                default=None,
+                help="epsilon | sample | v_prediction (default: the preset's; "
+                "shapes: v_prediction, tiny: epsilon)",
             )
             train.add_argument(
                 "--min-snr-gamma",
@@ -235,9 +255,15 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _configs(args: argparse.Namespace) -> tuple[UNetConfig, TrainConfig]:
-    unet_base, train_base = PRESETS[args.preset]
-    unet = dataclass_from_args(UNetConfig, args, unet_base)
-    train = dataclass_from_args(TrainConfig, args, train_base)
+    """The preset's configs with the command line's flags applied; fills the preset's
+    schedule (and objective) into `args` where the command line left them out."""
+    preset = PRESETS[args.preset]
+    if args.beta_schedule is None:
+        args.beta_schedule = preset.beta_schedule
+    if getattr(args, "prediction_type", "") is None:
+        args.prediction_type = preset.prediction_type
+    unet = dataclass_from_args(UNetConfig, args, preset.unet)
+    train = dataclass_from_args(TrainConfig, args, preset.train)
     return unet, train
 
 
