@@ -2,10 +2,13 @@
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 from tinygen.cli.main import main
 
@@ -222,3 +225,53 @@ def test_interrupted_run_tells_how_to_resume(capsys, tmp_path):
     )
     assert "step 7" in capsys.readouterr().err
     assert not interrupted(TrainResult(step=7, best_val_loss=1.0, last_val_loss=None), tmp_path)
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path, corpus_file):
+    """SIGINT to torchrun reaches every rank: rank 0 saves a checkpoint at the step it
+    reached (not only the last evaluation's), says so once, and `--resume` finishes."""
+    torchrun = shutil.which("torchrun")
+    out = tmp_path / "ddp"
+    command = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29513",
+        "-m",
+        "tinygen",
+        "train",
+        "gpt",
+        "--data",
+        str(corpus_file),
+        "--out",
+        str(out),
+        "--max-iters",
+        "3000",
+        "--eval-interval",
+        "100000",
+        "--log-interval",
+        "5",
+        *TINY,
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < 2
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert stderr.count("interrupted at step") == 1, stderr[-2000:]
+    saved = torch.load(out / "trainer_state.pt", weights_only=True)["step"]
+    logged = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert 10 <= max(logged) <= saved < 3000  # no evaluation ran: the save is the interrupt's
+
+    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps[-1] == 3000
+    resumed = steps[len(logged) :]
+    assert resumed[0] > saved and resumed == sorted(resumed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 import types
 import typing
 from typing import Any, TypeVar
@@ -72,10 +74,11 @@ def filter_fields(cls: type, values: dict) -> dict:
 
 
 def interrupted(result: Any, out: Any) -> bool:
-    """Tell the user how to continue a run stopped by Ctrl-C (its checkpoint is saved)."""
-    if result.interrupted:
-        import sys
+    """Tell the user how to continue a run stopped by Ctrl-C (its checkpoint is saved).
 
+    Under torchrun every rank is interrupted but only rank 0 saves, so only rank 0 says so.
+    """
+    if result.interrupted and os.environ.get("RANK", "0") == "0":
         print(
             f"interrupted at step {result.step}; checkpoint saved in {out}. Continue with the "
             "same command plus --resume",
