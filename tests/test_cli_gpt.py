@@ -176,37 +176,43 @@ def test_config_that_does_not_fit_is_one_clear_line(tmp_path, corpus_file):
     assert "divisible" in line
 
 
-def test_torchrun_two_process_ddp_trains(tmp_path, corpus_file):
+def torchrun_train_gpt(corpus_file, out, port: int, *flags: str) -> list[str]:
+    """The command line of a tiny two-process `tinygen train gpt` under torchrun."""
     torchrun = shutil.which("torchrun")
     assert torchrun, "torchrun ships with torch"
+    return [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "tinygen",
+        "train",
+        "gpt",
+        "--data",
+        str(corpus_file),
+        "--out",
+        str(out),
+        *flags,
+        *TINY,
+    ]
+
+
+def test_torchrun_two_process_ddp_trains(tmp_path, corpus_file):
     out = tmp_path / "ddp"
-    result = subprocess.run(
-        [
-            torchrun,
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29512",
-            "-m",
-            "tinygen",
-            "train",
-            "gpt",
-            "--data",
-            str(corpus_file),
-            "--out",
-            str(out),
-            "--max-iters",
-            "40",
-            "--eval-interval",
-            "20",
-            "--learning-rate",
-            "3e-3",
-            *TINY,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    command = torchrun_train_gpt(
+        corpus_file,
+        out,
+        29512,
+        "--max-iters",
+        "40",
+        "--eval-interval",
+        "20",
+        "--learning-rate",
+        "3e-3",
     )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
@@ -230,30 +236,18 @@ def test_interrupted_run_tells_how_to_resume(capsys, tmp_path):
 def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path, corpus_file):
     """SIGINT to torchrun reaches every rank: rank 0 saves a checkpoint at the step it
     reached (not only the last evaluation's), says so once, and `--resume` finishes."""
-    torchrun = shutil.which("torchrun")
     out = tmp_path / "ddp"
-    command = [
-        torchrun,
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29513",
-        "-m",
-        "tinygen",
-        "train",
-        "gpt",
-        "--data",
-        str(corpus_file),
-        "--out",
-        str(out),
+    command = torchrun_train_gpt(
+        corpus_file,
+        out,
+        29513,
         "--max-iters",
         "3000",
         "--eval-interval",
         "100000",
         "--log-interval",
         "5",
-        *TINY,
-    ]
+    )
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
