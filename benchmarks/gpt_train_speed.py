@@ -32,7 +32,7 @@ NANOGPT_MS_PER_ITER = 43.3
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20, help="steps excluded from the median")
     parser.add_argument("--data", default="tinyshakespeare")

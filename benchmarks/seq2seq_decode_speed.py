@@ -52,7 +52,7 @@ def time_once(translator: Translator, texts: list[str], beam: int, cache: bool) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=None, help="a trained seq2seq run directory")
     parser.add_argument("--sequences", type=int, default=500, help="batch of held-out sources")
     parser.add_argument("--beams", default="1,4", help="beam sizes to time")

@@ -21,7 +21,7 @@ from tinygen.eval.fidelity import load_evaluator, prompt_fidelity
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=None, help="evaluator run (default: the installed one)")
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--noise", default="0,0.05,0.1,0.2,0.3")
