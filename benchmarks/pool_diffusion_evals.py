@@ -5,7 +5,7 @@ DDPM-1000 costs 20x the network calls of DDIM-50, so a large-n comparison is run
 one-thread processes with different seeds (docs/benchmarks.md, issue 6); this adds them up:
 
     python benchmarks/pool_diffusion_evals.py runs/diffusion-ddp/eval-ddpm-s1000/eval.json \
-        runs/diffusion-ddp/eval-ddpm-s2000/eval.json --compare ddim-50 ddpm-1000
+        runs/diffusion-ddp/eval-ddpm-s2000/eval.json --compare 'ddim-50 g2' 'ddpm-1000 g2'
 
 Fidelity is a proportion of n images, so its standard error is sqrt(p (1 - p) / n); the two
 settings' samples are treated as independent (a conservative error for the gap: they share
@@ -25,6 +25,12 @@ def setting_name(row: dict) -> str:
     name = f"{row['sampler']}-{row['steps']}"
     if row.get("guidance", 0):
         name += f" g{row['guidance']:g}"
+    if row.get("eta", 0) and row["sampler"] == "ddim":
+        name += f" eta{row['eta']:g}"
+    if row.get("spacing", "leading") != "leading":
+        name += f" {row['spacing']}"
+    if row.get("classifier_scale", 0):
+        name += f" cs{row['classifier_scale']:g}"
     return name
 
 
@@ -51,7 +57,8 @@ def main() -> None:
         "--compare",
         nargs=2,
         metavar=("A", "B"),
-        help="two settings by name prefix, e.g. ddim-50 ddpm-1000: reports B - A",
+        help="two settings by the names of the table, e.g. 'ddim-50 g2' 'ddpm-1000 g2': "
+        "reports B - A",
     )
     args = parser.parse_args()
     rows = [row for path in args.evals for row in json.loads(path.read_text())]
@@ -64,8 +71,8 @@ def main() -> None:
             f"{100 * c['stderr']:.1f} | {c['seconds']:.0f} |"
         )
     if args.compare:
-        (a,) = [n for n in pooled if n.startswith(args.compare[0])]
-        (b,) = [n for n in pooled if n.startswith(args.compare[1])]
+        (a,) = [n for n in pooled if n == args.compare[0]]
+        (b,) = [n for n in pooled if n == args.compare[1]]
         gap = pooled[b]["fidelity"] - pooled[a]["fidelity"]
         se = math.hypot(pooled[a]["stderr"], pooled[b]["stderr"])
         print(

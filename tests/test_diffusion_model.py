@@ -202,6 +202,26 @@ def test_ddim_takes_eps_from_the_clipped_x0_unless_told_not_to():
     assert not torch.allclose(recomputed, raw, atol=1e-3)
 
 
+def test_generate_visits_the_timesteps_of_the_chosen_spacing():
+    """spacing="trailing" starts at the noisiest timestep (T - 1) instead of 0 + k (N - 1):
+    generate equals the sample() loop with that spacing, and differs from leading."""
+    options = {"clip_sample": True, "use_clipped_model_output": True}
+    trailing = strongly_guided_generate({**options, "spacing": "trailing"}, spacing="trailing")
+    leading = strongly_guided_generate(options)
+    assert not torch.allclose(trailing, leading, atol=1e-3)
+    with pytest.raises(TinygenError, match="unknown timestep spacing"):
+        tiny_model().generate(2, labels=torch.tensor([0, 1]), steps=2, spacing="middle")
+
+
+def test_eval_table_names_the_non_default_sampler_options():
+    from tinygen.eval.diffusion_eval import sampler_label
+
+    row = {"sampler": "ddim", "eta": 0.0, "spacing": "leading", "recompute_eps": True}
+    assert sampler_label(row) == "ddim"
+    assert sampler_label({**row, "eta": 1.0, "spacing": "trailing"}) == "ddim (eta 1, trailing)"
+    assert sampler_label({**row, "sampler": "ddpm", "eta": 0.5}) == "ddpm"  # eta is DDIM's
+
+
 def test_bad_sampling_inputs_are_clear_errors():
     model = tiny_model()
     labels = torch.tensor([0, 1])

@@ -233,6 +233,14 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
     parser.add_argument(
+        "--spacing",
+        choices=("leading", "trailing", "linspace"),
+        default="leading",
+        help="which training timesteps the steps visit: leading (0, k, 2k, ...; default, as "
+        "diffusers), trailing (down from T - 1: the first step starts from the noisiest one) "
+        "or linspace",
+    )
+    parser.add_argument(
         "--thresholding",
         action="store_true",
         help="dynamic thresholding of the predicted x_0 (Imagen) instead of clipping",
@@ -426,6 +434,7 @@ def sample_diffusion(args: argparse.Namespace) -> int:
         classifier_scale=args.classifier_scale if classifier is not None else 0.0,
         thresholding=args.thresholding,
         recompute_eps=args.recompute_eps,
+        spacing=args.spacing,
         callback=record,
         progress=True,
     )
@@ -455,7 +464,7 @@ def eval_diffusion(args: argparse.Namespace) -> int:
     def setting(guidance: float, sampler: str, steps: int, classifier_scale: float) -> Setting:
         return Setting(
             guidance, sampler, steps, classifier_scale, args.eta, args.thresholding,
-            args.recompute_eps,
+            args.recompute_eps, args.spacing,
         )  # fmt: skip
 
     settings = []

@@ -34,6 +34,7 @@ class Setting:
     eta: float = 0.0
     thresholding: bool = False  # dynamic thresholding of x_0 instead of clipping
     recompute_eps: bool = True  # DDIM: eps from the clipped x_0 (see DiffusionModel.generate)
+    spacing: str = "leading"  # which timesteps the steps visit (see DiffusionModel.generate)
 
     @property
     def name(self) -> str:
@@ -44,6 +45,10 @@ class Setting:
             text += ", dynamic thresholding"
         if not self.recompute_eps:
             text += ", unclipped eps"
+        if self.eta:
+            text += f", eta {self.eta:g}"
+        if self.spacing != "leading":
+            text += f", {self.spacing} spacing"
         return text
 
 
@@ -93,6 +98,7 @@ def generate_for_labels(
                 classifier_scale=setting.classifier_scale,
                 thresholding=setting.thresholding,
                 recompute_eps=setting.recompute_eps,
+                spacing=setting.spacing,
             ).cpu()
         )
     return torch.cat(parts)
@@ -156,6 +162,20 @@ def evaluate_settings(
     return rows
 
 
+def sampler_label(row: dict) -> str:
+    """The sampler of a result row with its non-default options, e.g. `ddim (eta 1)`."""
+    options = []
+    if row["sampler"] == "ddim" and row.get("eta", 0):
+        options.append(f"eta {row['eta']:g}")
+    if row.get("spacing", "leading") != "leading":
+        options.append(row["spacing"])
+    if row.get("thresholding"):
+        options.append("thresholding")
+    if row["sampler"] == "ddim" and not row.get("recompute_eps", True):
+        options.append("unclipped eps")
+    return row["sampler"] + (f" ({', '.join(options)})" if options else "")
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a markdown table (fidelity in percent with its standard error)."""
     lines = [
@@ -165,7 +185,7 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['classifier_scale']:g} "
+            f"| {sampler_label(r)} | {r['steps']} | {r['guidance']:g} | {r['classifier_scale']:g} "
             f"| {r['n']} | {100 * r['fidelity']:.1f} ± {100 * r['stderr']:.1f} "
             f"| {100 * r['color']:.1f} | {100 * r['shape']:.1f} | {r['feature_distance']:.2f} |"
         )

@@ -223,6 +223,7 @@ class DiffusionModel(nn.Module):
         clip_sample: bool = True,
         thresholding: bool = False,
         recompute_eps: bool = True,
+        spacing: str = "leading",
     ) -> Tensor:
         """Draw n images (n, C, H, W) in [-1, 1].
 
@@ -243,6 +244,10 @@ class DiffusionModel(nn.Module):
         GLIDE's choice). Without it the step pairs the clipped x_0 with the noise of the
         unclipped one, and under strong guidance x_t drifts towards the complementary colour
         (a red prompt turns cyan; docs/benchmarks.md measures it). diffusers' default is off.
+        spacing: which `steps` of the training timesteps to visit, `leading` (0, k, 2k, ...;
+        DDIM's and diffusers' default), `trailing` (from T - 1 down, so the first step starts
+        at the noisiest timestep; Lin et al. 2023, Table 2) or `linspace`
+        (`tinygen.diffusion.sampling.inference_timesteps`).
         """
         device = next(self.parameters()).device
         self.check_labels(labels, n)
@@ -294,6 +299,7 @@ class DiffusionModel(nn.Module):
             thresholding=thresholding,
             sample_max_value=THRESHOLD_MAX,
             use_clipped_model_output=recompute_eps,  # (ignored by DDPM, which needs no eps)
+            spacing=spacing,
             **extra,
         ).clamp(-1, 1)
 
