@@ -23,8 +23,7 @@ from pathlib import Path
 
 def setting_name(row: dict) -> str:
     name = f"{row['sampler']}-{row['steps']}"
-    if row.get("guidance", 0):
-        name += f" g{row['guidance']:g}"
+    name += f" g{row['guidance']:g}"
     if row.get("eta", 0) and row["sampler"] == "ddim":
         name += f" eta{row['eta']:g}"
     if row.get("spacing", "leading") != "leading":
