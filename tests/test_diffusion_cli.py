@@ -316,3 +316,17 @@ def test_preset_sets_schedule_and_objective_unless_given(flags, schedule, object
         assert args.beta_schedule == schedule
         if command == "diffusion":
             assert args.prediction_type == objective
+
+
+def test_resume_with_another_schedule_is_refused(tmp_path, capsys):
+    """The schedule holds no weights, so only the saved config can tell that a resumed run
+    would continue on another one (e.g. a run started before the preset's default changed)."""
+    out = tmp_path / "run"
+    assert main(["train", "diffusion", "--schedule", "linear", "--out", str(out), *TINY]) == 0
+    before = (out / "trainer_state.pt").read_bytes()
+    code = main(
+        ["train", "diffusion", "--schedule", "cosine", "--resume", "--out", str(out), *TINY]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "beta_schedule: saved 'linear', now 'cosine'" in err
+    assert (out / "trainer_state.pt").read_bytes() == before

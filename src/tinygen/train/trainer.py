@@ -138,7 +138,28 @@ class Trainer:
     def _full_config(self) -> dict:
         return {**self.run_config, "train": asdict(self.config), "world_size": self.dist.world_size}
 
+    def _check_same_model_config(self) -> None:
+        """A resumed run must rebuild the model it saved: settings that hold no weights (a
+        noise schedule, an objective) would otherwise change silently mid-run."""
+        path = self.run_dir / ckpt.CONFIG_FILE
+        if not path.exists() or "model" not in self.run_config:
+            return
+        saved = json.loads(path.read_text()).get("model")
+        now = json.loads(json.dumps(self.run_config["model"]))  # tuples -> lists, as saved
+        if saved is None or saved == now:
+            return
+        changed = [
+            f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}"
+            for key in sorted(set(saved) | set(now))
+            if saved.get(key) != now.get(key)
+        ]
+        raise TinygenError(
+            f"cannot resume: {self.run_dir} was trained with a different model config "
+            f"({'; '.join(changed)}); repeat the original command's flags with --resume"
+        )
+
     def _load_state(self) -> None:
+        self._check_same_model_config()
         state = ckpt.load_state(self.run_dir / ckpt.STATE_FILE)
         missing = self.model.load_state_dict(state["model"], strict=False)
         if missing.unexpected_keys or any(
