@@ -70,8 +70,12 @@ def main() -> None:
             f"{100 * c['stderr']:.1f} | {c['seconds']:.0f} |"
         )
     if args.compare:
-        (a,) = [n for n in pooled if n == args.compare[0]]
-        (b,) = [n for n in pooled if n == args.compare[1]]
+        a, b = args.compare
+        for name in (a, b):
+            if name not in pooled:
+                parser.error(
+                    f"--compare {name!r} is not a setting here; choose from {list(pooled)}"
+                )
         gap = pooled[b]["fidelity"] - pooled[a]["fidelity"]
         se = math.hypot(pooled[a]["stderr"], pooled[b]["stderr"])
         print(

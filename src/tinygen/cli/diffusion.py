@@ -268,7 +268,7 @@ def _configs(args: argparse.Namespace) -> tuple[UNetConfig, TrainConfig]:
     preset = PRESETS[args.preset]
     if args.beta_schedule is None:
         args.beta_schedule = preset.beta_schedule
-    if getattr(args, "prediction_type", "") is None:
+    if "prediction_type" in vars(args) and args.prediction_type is None:  # (a classifier has none)
         args.prediction_type = preset.prediction_type
     unet = dataclass_from_args(UNetConfig, args, preset.unet)
     train = dataclass_from_args(TrainConfig, args, preset.train)
@@ -463,9 +463,15 @@ def eval_diffusion(args: argparse.Namespace) -> int:
 
     def setting(guidance: float, sampler: str, steps: int, classifier_scale: float) -> Setting:
         return Setting(
-            guidance, sampler, steps, classifier_scale, args.eta, args.thresholding,
-            args.recompute_eps, args.spacing,
-        )  # fmt: skip
+            guidance=guidance,
+            sampler=sampler,
+            steps=steps,
+            classifier_scale=classifier_scale,
+            eta=args.eta,
+            thresholding=args.thresholding,
+            recompute_eps=args.recompute_eps,
+            spacing=args.spacing,
+        )
 
     settings = []
     for steps in args.steps:
