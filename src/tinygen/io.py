@@ -1,0 +1,149 @@
+"""The ground floor of files: atomic writes, JSON, safetensors weights, run-file names.
+
+A run directory holds:
+  config.json         everything needed to rebuild the model (model_type + model config),
+                      the training config and the data/tokenizer description
+  model.safetensors   the latest weights (EMA weights in ema.safetensors when enabled)
+  best.safetensors    the weights with the best validation loss so far
+  trainer_state.pt    everything `--resume` needs (written by `tinygen.train.checkpoint`)
+  metrics.jsonl       one JSON object per line: step, train_loss / val_loss, lr, ...
+  loss.png            the loss curves, drawn at the end of training
+
+Every file is written to a temporary name in the same directory and renamed into place,
+so a process killed at any moment (even SIGKILL mid-write) leaves the previous complete
+file. Weights are safetensors only: nothing here unpickles a user's file. Every layer of
+tinygen (data, models, train, eval, cli) may import this module; it imports only torch,
+safetensors and `tinygen.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from tinygen.errors import TinygenError
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` then rename the temporary file onto `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise TinygenError(f"{path} does not exist; is this a tinygen run directory?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TinygenError(f"{path} is not valid JSON ({e}); the file is corrupt") from e
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, contiguous, with tied weights stored once (safetensors refuses
+    shared storage). `load_weights` restores the ties through `load_state_dict(strict=False)`."""
+    seen: dict[int, str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        if key in seen and tensor.numel():
+            continue
+        seen[key] = name
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> None:
+    """Save weights as safetensors, atomically."""
+    tensors = state_dict_for_saving(model)
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into `model`, with errors that say what went wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinygenError(f"no weights at {path}; train a model first or check the path")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TinygenError(f"{path} is not a valid safetensors file ({e}); it is corrupt") from e
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    tied = _tied_names(model)
+    missing = [k for k in missing if k not in tied]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong_shape = [k for k in tensors if k in expected and tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise TinygenError(
+            f"{path} does not match the model in its config.json "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]})"
+        )
+    model.load_state_dict(tensors, strict=False)
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    """Names in state_dict that share storage with an earlier name."""
+    seen: set[int] = set()
+    tied: set[str] = set()
+    for name, tensor in model.state_dict().items():
+        if not tensor.numel():
+            continue
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:
+            tied.add(name)
+        seen.add(ptr)
+    return tied
+
+
+def model_weights_path(run_dir: str | Path, which: str = "best") -> Path:
+    """The weights file to load from a run: `best`, `last` or `ema` (falls back to last)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TinygenError(f"run directory {run_dir} does not exist; pass --run of a trained run")
+    names = {"best": BEST_FILE, "last": MODEL_FILE, "ema": EMA_FILE}
+    if which not in names:
+        raise TinygenError(f"unknown checkpoint {which!r}; choose best, last or ema")
+    for name in (names[which], MODEL_FILE):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise TinygenError(
+        f"{run_dir} has no checkpoint ({MODEL_FILE} missing); train it first "
+        "(tinygen train ...) or pass the right --run"
+    )
