@@ -27,6 +27,7 @@ from tinygen.data.shapes_prompts import (
     ATTRIBUTES,
     COLORS,
     HELDOUT_COMBOS,
+    NUM_COMBOS,
     POSITIONS,
     RELATIONS,
     SHAPES,
@@ -36,7 +37,9 @@ from tinygen.data.shapes_prompts import (
     caption_pair,
     caption_single,
     combo_index,
+    combo_labels,
     combo_name,
+    labels_for_prompts,
     parse_prompt,
 )
 from tinygen.errors import TinygenError
@@ -45,6 +48,7 @@ __all__ = [
     "ATTRIBUTES",
     "COLORS",
     "HELDOUT_COMBOS",
+    "NUM_COMBOS",
     "POSITIONS",
     "RELATIONS",
     "SHAPES",
@@ -55,8 +59,10 @@ __all__ = [
     "canonical_pair_prompt",
     "canonical_prompt",
     "combo_index",
+    "combo_labels",
     "combo_name",
     "generate_shapes",
+    "labels_for_prompts",
     "parse_prompt",
     "shapes_stream",
 ]
@@ -145,10 +151,10 @@ def allowed_combos(split: str) -> list[int]:
     """combo_index values that images of `split` may show."""
     heldout = {combo_index(c, s) for c, s in HELDOUT_COMBOS}
     if split in ("train", "val"):
-        return [i for i in range(len(COLORS) * len(SHAPES)) if i not in heldout]
+        return [i for i in range(NUM_COMBOS) if i not in heldout]
     if split == "heldout":
         return sorted(heldout)
-    return list(range(len(COLORS) * len(SHAPES)))
+    return list(range(NUM_COMBOS))
 
 
 def _balanced_combos(n: int, allowed: list[int], gen: torch.Generator) -> Tensor:

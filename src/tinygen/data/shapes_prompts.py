@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 
+import torch
+from torch import Tensor
+
 from tinygen.errors import TinygenError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
@@ -77,6 +80,29 @@ _SYNONYMS = {"center": "centre", "middle": "centre"}
 _WORDS = {w: attr for attr, values in ATTRIBUTES.items() for w in values}
 
 
+NUM_COMBOS = len(COLORS) * len(SHAPES)  # the (colour, shape) classes: 8 x 6 = 48
+
+
+def combo_labels(color: Tensor, shape: Tensor) -> Tensor:
+    """Colour and shape indices (B,) -> their (colour, shape) class indices (B,), colour-major
+    (the tensor form of `combo_index`)."""
+    return color * len(SHAPES) + shape
+
+
+def labels_for_prompts(prompts: list[str]) -> Tensor:
+    """Prompts that each name a colour and a shape ("a red circle") -> class indices (N,)."""
+    labels = []
+    for prompt in prompts:
+        attrs = parse_prompt(prompt)
+        if "color" not in attrs or "shape" not in attrs:
+            raise TinygenError(
+                f"prompt {prompt!r} must name a colour and a shape, e.g. 'red circle' "
+                f"(colours: {', '.join(COLORS)}; shapes: {', '.join(SHAPES)})"
+            )
+        labels.append(combo_index(attrs["color"], attrs["shape"]))
+    return torch.tensor(labels, dtype=torch.long)
+
+
 def combo_index(color: str, shape: str) -> int:
     """The class index (0..47) of a (colour, shape) pair: colour-major."""
     if color not in COLORS or shape not in SHAPES:
@@ -84,13 +110,13 @@ def combo_index(color: str, shape: str) -> int:
             f"unknown pair ({color!r}, {shape!r}); colours are {', '.join(COLORS)} and "
             f"shapes are {', '.join(SHAPES)}"
         )
-    return COLORS.index(color) * len(SHAPES) + SHAPES.index(shape)
+    return COLORS.index(color) * len(SHAPES) + SHAPES.index(shape)  # = combo_labels
 
 
 def combo_name(i: int) -> str:
     """The class name of combo_index `i`, e.g. 'red circle' (colour first)."""
-    if not 0 <= i < len(COLORS) * len(SHAPES):
-        raise TinygenError(f"combo index must be in [0, {len(COLORS) * len(SHAPES)}), got {i}")
+    if not 0 <= i < NUM_COMBOS:
+        raise TinygenError(f"combo index must be in [0, {NUM_COMBOS}), got {i}")
     return f"{COLORS[i // len(SHAPES)]} {SHAPES[i % len(SHAPES)]}"
 
 
