@@ -12,17 +12,40 @@ sec. 2.4) and the padding, which comes after it under a causal mask, never affec
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from tinygen.data.minilm_tokenizer import MiniLMTokenizer
+from tinygen.data.tokenizer_file import (
+    TOKENIZER_FILE,
+    corrupt,
+    read_tokenizer_file,
+    tokenizer_path,
+    write_tokenizer_file,
+)
 from tinygen.errors import TinygenError
 
-TOKENIZER_FILE = "tokenizer.json"
+__all__ = [
+    "EOT",
+    "EOT_ID",
+    "PAD",
+    "PAD_ID",
+    "SOT",
+    "SOT_ID",
+    "SPECIALS",
+    "TOKENIZER_FILE",
+    "UNK",
+    "UNK_ID",
+    "CaptionTokenizer",
+    "load_caption_tokenizer",
+    "split_words",
+]
+
 PAD, SOT, EOT, UNK = "<pad>", "<sot>", "<eot>", "<unk>"
 SPECIALS = (PAD, SOT, EOT, UNK)
 PAD_ID, SOT_ID, EOT_ID, UNK_ID = range(4)
@@ -36,7 +59,8 @@ def split_words(text: str) -> list[str]:
 
 
 class CaptionTokenizer:
-    """Words to ids: the specials first (`<pad>` = 0), then the words in sorted order."""
+    """Words to ids: the specials first (`<pad>` = 0), then the words in sorted order.
+    Satisfies `tinygen.data.tokenizer.Tokenizer` (kind "word")."""
 
     kind = "word"
 
@@ -103,37 +127,39 @@ class CaptionTokenizer:
             ids = ids.tolist()
         return " ".join(self.words[i] for i in ids if i not in (PAD_ID, SOT_ID, EOT_ID))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "type": self.kind,
             "words": self.words[len(SPECIALS) :],
             "context_length": self.context_length,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path | None = None) -> CaptionTokenizer:
+        """Rebuild from `to_dict()`'s output; `path` names the file in the error."""
+        try:
+            words = data["words"]
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise TypeError("'words' is not a list of strings")
+            return cls(words, context_length=int(data["context_length"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise corrupt(path or Path(TOKENIZER_FILE), e) from e
+
     def save(self, run_dir: str | Path) -> None:
-        from tinygen.train.checkpoint import write_json
-
-        write_json(Path(run_dir) / TOKENIZER_FILE, self.to_dict())
+        write_tokenizer_file(run_dir, self.to_dict())
 
 
-def load_caption_tokenizer(run_dir: str | Path):
+def load_caption_tokenizer(run_dir: str | Path) -> CaptionTokenizer | MiniLMTokenizer:
     """The tokenizer a CLIP run was trained with: a `CaptionTokenizer`, or the MiniLM
-    word-piece tokenizer when the run used `--text-tower minilm`."""
-    path = Path(run_dir) / TOKENIZER_FILE
-    if not path.is_file():
-        raise TinygenError(
-            f"{path} is missing; the run has no caption vocabulary (was it "
-            "trained with `tinygen train clip`?)"
-        )
-    try:
-        data = json.loads(path.read_text())
-        kind = data["type"]
-        if kind == "minilm":
-            from tinygen.models.minilm_text import MiniLMTokenizer
-
-            return MiniLMTokenizer(context_length=int(data["context_length"]))
-        if kind != "word":
-            raise KeyError(f"type {kind!r}")
-        return CaptionTokenizer(data["words"], context_length=int(data["context_length"]))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise TinygenError(f"{path} is corrupt ({e}); retrain the run") from e
+    word-piece tokenizer when the run used `--text-tower minilm`. (`load_tokenizer` in
+    `tinygen.data.tokenizer` loads any kind; this one refuses a GPT's char tokenizer.)"""
+    data = read_tokenizer_file(run_dir, hint="was it trained with `tinygen train clip`?")
+    path = tokenizer_path(run_dir)
+    if data["type"] == CaptionTokenizer.kind:
+        return CaptionTokenizer.from_dict(data, path)
+    if data["type"] == MiniLMTokenizer.kind:
+        return MiniLMTokenizer.from_dict(data, path)
+    raise TinygenError(
+        f"{path} holds a {data['type']!r} tokenizer, not a caption tokenizer (word or "
+        "minilm); pass the run of a CLIP model"
+    )

@@ -6,18 +6,28 @@ run samples with exactly the characters it was trained on.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from tinygen.data.tokenizer_file import (
+    TOKENIZER_FILE,
+    corrupt,
+    read_tokenizer_file,
+    tokenizer_path,
+    write_tokenizer_file,
+)
 from tinygen.errors import TinygenError
 
-TOKENIZER_FILE = "tokenizer.json"
+__all__ = ["TOKENIZER_FILE", "CharTokenizer"]
 
 
 class CharTokenizer:
-    """Maps characters to ids in sorted order of the characters (nanoGPT's convention)."""
+    """Maps characters to ids in sorted order of the characters (nanoGPT's convention).
+    Satisfies `tinygen.data.tokenizer.Tokenizer` (kind "char")."""
+
+    kind = "char"
 
     def __init__(self, chars: list[str] | str) -> None:
         chars = sorted(set(chars))
@@ -52,18 +62,30 @@ class CharTokenizer:
             ids = ids.tolist()
         return "".join(self.chars[i] for i in ids)
 
-    def save(self, run_dir: str | Path) -> None:
-        from tinygen.train.checkpoint import write_json
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "chars": self.chars}
 
-        write_json(Path(run_dir) / TOKENIZER_FILE, {"type": "char", "chars": self.chars})
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path | None = None) -> CharTokenizer:
+        """Rebuild from `to_dict()`'s output; `path` names the file in the error."""
+        try:
+            chars = data["chars"]
+            if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+                raise TypeError("'chars' is not a list of strings")
+            return cls(chars)
+        except (KeyError, TypeError) as e:
+            raise corrupt(path or Path(TOKENIZER_FILE), e) from e
+
+    def save(self, run_dir: str | Path) -> None:
+        write_tokenizer_file(run_dir, self.to_dict())
 
     @classmethod
     def load(cls, run_dir: str | Path) -> CharTokenizer:
-        path = Path(run_dir) / TOKENIZER_FILE
-        if not path.is_file():
-            raise TinygenError(f"{path} is missing; the run has no tokenizer (was it trained?)")
-        try:
-            data = json.loads(path.read_text())
-            return cls(data["chars"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise TinygenError(f"{path} is corrupt ({e}); retrain the run") from e
+        """The char tokenizer of a GPT run (`load_tokenizer` loads any kind)."""
+        data = read_tokenizer_file(run_dir)
+        if data["type"] != cls.kind:
+            raise TinygenError(
+                f"{tokenizer_path(run_dir)} holds a {data['type']!r} tokenizer, not a character "
+                "tokenizer; pass the run of a character-level model (or use load_tokenizer)"
+            )
+        return cls.from_dict(data, tokenizer_path(run_dir))

