@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-from tinygen.cli.gpt import PRESETS
 from tinygen.data.corpora import load_corpus, split_train_val
-from tinygen.data.text import TextTask, encode_corpus
 from tinygen.data.tokenizers import CharTokenizer
 from tinygen.models.gpt import GPT
-from tinygen.train.trainer import Trainer
+from tinygen.recipes.common import fit
+from tinygen.recipes.gpt import PRESETS, TextTask, encode_corpus
 
 NANOGPT_MS_PER_ITER = 43.3
 
@@ -39,7 +38,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
 
-    model_config, train_config = PRESETS["baby"]
+    model_config, train_config = PRESETS["baby"].model, PRESETS["baby"].train
     text = load_corpus(args.data)
     tokenizer = CharTokenizer.from_text(text)
     train_text, val_text = split_train_val(text)
@@ -62,7 +61,7 @@ def main() -> None:
         model_config.block_size,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(task, train_config, tmp, run_config={"model_type": "gpt"}, progress=False).fit()
+        fit(task, train_config, tmp, {"model_type": "gpt"}, progress=False, announce=False)
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][args.warmup :]
     tokens_per_iter = train_config.batch_size * model_config.block_size

@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 
 from tinygen.data.corpora import load_corpus, split_train_val
-from tinygen.data.text import TextTask, encode_corpus
 from tinygen.data.tokenizers import CharTokenizer
-from tinygen.train.runs import load_model
+from tinygen.models.runs import load_model
+from tinygen.recipes.gpt import TextTask, encode_corpus
 
 
 @torch.no_grad()
 def val_loss(run: Path, batches: int, batch_size: int, checkpoint: str, seed: int) -> list[float]:
     """Per-batch mean losses of `batches` random validation batches of the run's corpus."""
-    model, config = load_model(run, which=checkpoint, device="cpu")
+    model, config = load_model(run, which=checkpoint, device="cpu", expect="gpt")
     model.eval()
     tokenizer = CharTokenizer.load(run)
     _, val_text = split_train_val(load_corpus(config["data"]["corpus"]))

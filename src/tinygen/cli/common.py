@@ -1,14 +1,16 @@
-"""Helpers every CLI command uses: dataclass configs as flags, run loading, errors."""
+"""Helpers every CLI command uses: dataclass configs as flags, a preset's training run
+with the flags on top. (`interrupted` lives in tinygen.recipes.common.)"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 import types
 import typing
 from typing import Any, TypeVar
+
+from tinygen.recipes.common import interrupted  # noqa: F401 - re-exported: its old home
+from tinygen.train.config import TrainConfig
 
 T = TypeVar("T")
 
@@ -73,15 +75,10 @@ def filter_fields(cls: type, values: dict) -> dict:
     return {k: v for k, v in values.items() if k in names}
 
 
-def interrupted(result: Any, out: Any) -> bool:
-    """Tell the user how to continue a run stopped by Ctrl-C (its checkpoint is saved).
-
-    Under torchrun every rank is interrupted but only rank 0 saves, so only rank 0 says so.
-    """
-    if result.interrupted and os.environ.get("RANK", "0") == "0":
-        print(
-            f"interrupted at step {result.step}; checkpoint saved in {out}. Continue with the "
-            "same command plus --resume",
-            file=sys.stderr,
-        )
-    return bool(result.interrupted)
+def train_config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    """`base` (a preset's training run) with the flags applied; a --max-iters given without
+    --lr-decay-iters also sets the decay length, so the schedule ends where training does."""
+    train = dataclass_from_args(TrainConfig, args, base)
+    if getattr(args, "max_iters", None) is not None and getattr(args, "lr_decay_iters", 1) is None:
+        train = dataclasses.replace(train, lr_decay_iters=args.max_iters)
+    return train

@@ -43,7 +43,7 @@ def default_install_dir() -> Path:
 def load_evaluator(path: str | Path | None = None, device: str | torch.device = "cpu"):
     """The trained shapes evaluator (eval mode) from run directory `path`, or from the
     first of `evaluator_search_path()` that holds one. Loaded models are cached."""
-    from tinygen.train.runs import load_model
+    from tinygen.models.runs import load_model
 
     if path is not None:
         candidates = [Path(path).expanduser()]
@@ -59,12 +59,7 @@ def load_evaluator(path: str | Path | None = None, device: str | torch.device = 
     run_dir = candidates[0].resolve()
     key = run_dir
     if key not in _CACHE:
-        model, config = load_model(run_dir, which="best")
-        if config["model_type"] != EVALUATOR_TYPE:
-            raise TinygenError(
-                f"{run_dir} holds a {config['model_type']!r} run, not a shapes evaluator; "
-                "pass the directory written by `tinygen train evaluator`"
-            )
+        model, _ = load_model(run_dir, which="best", expect=EVALUATOR_TYPE)
         _CACHE[key] = model
     return _CACHE[key].to(device).eval()
 

@@ -174,7 +174,7 @@ def hf_config_inventory(config_path: str | Path) -> Inventory:
 def run_inventory(run_dir: str | Path) -> Inventory:
     """Inventory of a tinygen run (its config.json rebuilds the model; weights not read)."""
     from tinygen.models.registry import build_model
-    from tinygen.train.runs import load_run_config
+    from tinygen.models.runs import load_run_config
 
     config = load_run_config(run_dir)
     return module_inventory(build_model(config["model_type"], config["model"]), str(run_dir))
