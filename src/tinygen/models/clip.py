@@ -11,7 +11,13 @@ image–text pairs have the most similar embeddings in a batch.
 - A learnable temperature: the logits are multiplied by exp(t), t initialised to
   log(1/0.07) and clamped after every optimiser step so exp(t) <= 100 (CLIP sec. 2.5).
 
-The loss is `clip_loss` (clip_loss.py), re-exported here.
+- A noised CLIP (GLIDE, Nichol et al. 2021, sec. 3) for guiding diffusion: with
+  `num_timesteps > 0` the ViT also reads the diffusion step t of a noised image x_t.
+
+The towers have keyword constructors (`VisionTransformer(image_size=..., width=...)`,
+`from_config(config)` builds them from a `CLIPConfig`); the projections and the temperature
+belong to `CLIP`, so saved runs keep their weight names. The loss is `clip_loss`
+(clip_loss.py), re-exported here.
 """
 
 from __future__ import annotations
@@ -26,10 +32,17 @@ from torch import Tensor, nn
 from tinygen.errors import TinygenError
 from tinygen.models.clip_loss import clip_logits, clip_loss
 from tinygen.models.clip_resnet import ResNetTower
-from tinygen.nn.embeddings import PatchEmbedding
+from tinygen.nn.embeddings import PatchEmbedding, sinusoidal_embedding
 from tinygen.nn.transformer import Block
 
-__all__ = ["CLIP", "CLIPConfig", "clip_logits", "clip_loss"]
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "TextTransformer",
+    "VisionTransformer",
+    "clip_logits",
+    "clip_loss",
+]
 
 
 @dataclass
@@ -53,6 +66,10 @@ class CLIPConfig:
     text_layers: int = 3
     text_heads: int = 4
     dropout: float = 0.0
+    num_timesteps: int = field(
+        default=0,
+        metadata={"help": "diffusion steps the ViT reads t from (noised CLIP, GLIDE); 0 = clean"},
+    )
     logit_scale_init: float = field(
         default=math.log(1 / 0.07), metadata={"help": "initial log temperature multiplier"}
     )
@@ -96,38 +113,117 @@ class CLIPConfig:
         ):
             if getattr(self, name) <= 0:
                 raise TinygenError(f"--{name.replace('_', '-')} must be positive")
+        if self.num_timesteps < 0:
+            raise TinygenError(f"--num-timesteps must be 0 or positive, got {self.num_timesteps}")
+        if self.num_timesteps and self.image_tower != "vit":
+            raise TinygenError(
+                "a noised CLIP (--num-timesteps > 0) needs --image-tower vit; the ResNet "
+                "tower has no timestep input"
+            )
         if self.max_logit_scale <= 1:
             raise TinygenError("--max-logit-scale must be above 1")
 
 
 class VisionTransformer(nn.Module):
-    """ViT image tower: (B, C, H, W) -> (B, width), the normalised class token."""
+    """ViT image tower: (B, C, H, W) -> (B, width), the final-LayerNorm class token.
 
-    def __init__(self, config: CLIPConfig) -> None:
+    Patch embedding, a class token, learned positions, `layers` shared pre-LN `Block`s
+    (Dosovitskiy et al. 2020; CLIP's ViT, Radford et al. 2021, sec. 2.4).
+
+    With `num_timesteps > 0` it is the image tower of a noised CLIP (GLIDE, Nichol et al.
+    2021, sec. 3): it reads x_t, an image noised to diffusion step t, together with t, so
+    its image-text similarity can guide sampling at every step. The timestep enters as the
+    sinusoidal embedding of t (`sinusoidal_embedding`, as the U-Net's) through a linear
+    layer, added to every token -- the class token and each patch token -- before `ln_pre`.
+    Added to every token rather than given as an extra token because (1) each patch's
+    features can depend on the noise level from the first block on, which matters in a
+    tower of a few blocks; (2) the sequence and its position table stay the clean tower's,
+    so the parameters are exactly a clean ViT's plus `time_embedding.*`, and a trained clean
+    CLIP's weights load into a noised one (`strict=False`) to start its fine-tuning.
+    Sinusoidal rather than a learned row per step (GLIDE's released model learns one in
+    place of the class token) so that neighbouring noise levels start with neighbouring
+    embeddings when a small run sees each of the 1000 steps only rarely.
+
+    With `num_timesteps == 0` (the default) there is no timestep input: the parameters,
+    their names and the outputs are those of the clean tower.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        in_channels: int = 3,
+        dropout: float = 0.0,
+        num_timesteps: int = 0,
+    ) -> None:
         super().__init__()
-        width = config.vision_width
+        if num_timesteps < 0:
+            raise TinygenError(
+                f"num_timesteps must be 0 (no timestep) or positive, got {num_timesteps}"
+            )
         self.patch_embed = PatchEmbedding(
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            in_channels=config.in_channels,
-            dim=width,
+            image_size=image_size, patch_size=patch_size, in_channels=in_channels, dim=width
         )
         self.class_token = nn.Parameter(torch.randn(width) * width**-0.5)
         self.pos_embedding = nn.Parameter(
             torch.randn(self.patch_embed.num_patches + 1, width) * 0.02
         )
         self.ln_pre = nn.LayerNorm(width)
-        self.blocks = nn.ModuleList(
-            Block(width, config.vision_heads, dropout=config.dropout)
-            for _ in range(config.vision_layers)
-        )
+        self.blocks = nn.ModuleList(Block(width, heads, dropout=dropout) for _ in range(layers))
         self.ln_post = nn.LayerNorm(width)
         self.out_dim = width
+        self.num_timesteps = num_timesteps
+        # created last, so a tower with timesteps draws the clean tower's initial weights
+        self.time_embedding = nn.Linear(width, width) if num_timesteps > 0 else None
 
-    def forward(self, images: Tensor) -> Tensor:
+    @classmethod
+    def from_config(cls, config: CLIPConfig) -> VisionTransformer:
+        return cls(
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            width=config.vision_width,
+            layers=config.vision_layers,
+            heads=config.vision_heads,
+            in_channels=config.in_channels,
+            dropout=config.dropout,
+            num_timesteps=config.num_timesteps,
+        )
+
+    def _timestep_embedding(self, t: Tensor | int | None, batch: int, device) -> Tensor:
+        """(B, width) embedding of t; t=None reads as t = 0, the clean image."""
+        t = torch.zeros(batch, device=device) if t is None else torch.as_tensor(t, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise TinygenError(
+                f"t of shape {tuple(t.shape)} does not fit {batch} images; give one timestep "
+                "per image, shape (B,), or a single number"
+            )
+        if bool(((t < 0) | (t > self.num_timesteps - 1)).any()):
+            raise TinygenError(
+                f"timesteps must lie in [0, {self.num_timesteps - 1}] for this noised CLIP, "
+                f"got {t.min().item()}..{t.max().item()}"
+            )
+        emb = sinusoidal_embedding(t, self.out_dim)  # (B, width)
+        return self.time_embedding(emb.to(self.time_embedding.weight.dtype))
+
+    def forward(self, images: Tensor, t: Tensor | int | None = None) -> Tensor:
+        """images (B, C, H, W), t (B,) diffusion steps (noised tower only) -> (B, width)."""
+        if t is not None and self.time_embedding is None:
+            raise TinygenError(
+                "this ViT takes no timestep (num_timesteps=0); pass t only to a noised CLIP "
+                "(CLIPConfig.num_timesteps > 0)"
+            )
         x = self.patch_embed(images)  # (B, P, width)
         cls = self.class_token.expand(x.shape[0], 1, -1)
-        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.pos_embedding)  # (B, P+1, width)
+        x = torch.cat([cls, x], dim=1) + self.pos_embedding  # (B, P+1, width)
+        if self.time_embedding is not None:
+            x = x + self._timestep_embedding(t, x.shape[0], x.device)[:, None]
+        x = self.ln_pre(x)
         for block in self.blocks:
             x = block(x)
         return self.ln_post(x[:, 0])  # (B, width)
@@ -135,22 +231,49 @@ class VisionTransformer(nn.Module):
 
 class TextTransformer(nn.Module):
     """Causal Transformer text tower: (B, T) ids (pad = 0 after `<eot>`) -> (B, width),
-    the final-LayerNorm state at the `<eot>` token."""
+    the final-LayerNorm state at the `<eot>` token (CLIP sec. 2.4).
 
-    def __init__(self, config: CLIPConfig) -> None:
+    `forward(tokens, return_tokens=True)` returns (pooled (B, width), token features
+    (B, T, width) after the final LayerNorm): the token sequence is what a text-to-image
+    U-Net cross-attends to, and `pooled` is its row at `<eot>`. Under the causal mask a
+    position sees only itself and earlier tokens, so the rows after `<eot>` (padding)
+    never change the rows before; a consumer should still mask them (`tokens != 0`).
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        context_length: int,
+        width: int,
+        layers: int,
+        heads: int,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        width = config.text_width
-        self.token_embedding = nn.Embedding(config.vocab_size, width)
-        self.pos_embedding = nn.Parameter(torch.randn(config.context_length, width) * 0.01)
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.pos_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
         self.blocks = nn.ModuleList(
-            Block(width, config.text_heads, causal=True, dropout=config.dropout)
-            for _ in range(config.text_layers)
+            Block(width, heads, causal=True, dropout=dropout) for _ in range(layers)
         )
         self.ln_final = nn.LayerNorm(width)
         self.out_dim = width
-        self.context_length = config.context_length
+        self.context_length = context_length
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    @classmethod
+    def from_config(cls, config: CLIPConfig) -> TextTransformer:
+        return cls(
+            vocab_size=config.vocab_size,
+            context_length=config.context_length,
+            width=config.text_width,
+            layers=config.text_layers,
+            heads=config.text_heads,
+            dropout=config.dropout,
+        )
+
+    def forward(
+        self, tokens: Tensor, return_tokens: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         b, t = tokens.shape
         if t > self.context_length:
             raise TinygenError(
@@ -160,21 +283,23 @@ class TextTransformer(nn.Module):
         x = self.token_embedding(tokens) + self.pos_embedding[:t]  # (B, T, width)
         for block in self.blocks:
             x = block(x)
-        x = self.ln_final(x)
+        x = self.ln_final(x)  # (B, T, width)
         eot = (tokens != 0).sum(dim=1).clamp(min=1) - 1  # the last real token: <eot>
-        return x[torch.arange(b, device=tokens.device), eot]  # (B, width)
+        pooled = x[torch.arange(b, device=tokens.device), eot]  # (B, width)
+        return (pooled, x) if return_tokens else pooled
 
 
 class CLIP(nn.Module):
     """`forward(images, tokens)` -> (image_features, text_features, logit_scale): unit-norm
-    (B, embed_dim) embeddings and the multiplier exp(t), ready for `clip_loss`."""
+    (B, embed_dim) embeddings and the multiplier exp(t), ready for `clip_loss`.
+    `forward(x_t, tokens, t)` for a noised CLIP (`config.num_timesteps > 0`)."""
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         config.validate()
         self.config = config
         if config.image_tower == "vit":
-            self.visual = VisionTransformer(config)
+            self.visual = VisionTransformer.from_config(config)
         else:
             self.visual = ResNetTower(
                 image_size=config.image_size,
@@ -184,7 +309,7 @@ class CLIP(nn.Module):
                 n_head=config.vision_heads,
             )
         if config.text_tower == "transformer":
-            self.text = TextTransformer(config)
+            self.text = TextTransformer.from_config(config)
         else:
             from tinygen.models.minilm_text import MiniLMTextTower
 
@@ -207,8 +332,11 @@ class CLIP(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def encode_image(self, images: Tensor, *, normalize: bool = True) -> Tensor:
-        """images (B, C, H, W) in [-1, 1] -> (B, embed_dim)."""
+    def encode_image(
+        self, images: Tensor, t: Tensor | int | None = None, *, normalize: bool = True
+    ) -> Tensor:
+        """images (B, C, H, W) in [-1, 1] -> (B, embed_dim). A noised CLIP
+        (`num_timesteps > 0`) reads x_t with its diffusion steps t (B,); t=None is t = 0."""
         if images.dim() != 4 or images.shape[1:] != (
             self.config.in_channels,
             self.config.image_size,
@@ -219,16 +347,34 @@ class CLIP(nn.Module):
                 f"images of shape {tuple(images.shape)} do not fit this model; "
                 f"it takes (B, {c}, {s}, {s}) -- resize them to {s}x{s}"
             )
-        features = self.visual_projection(self.visual(images))
+        if t is None:
+            pooled = self.visual(images)
+        elif isinstance(self.visual, VisionTransformer):
+            pooled = self.visual(images, t)
+        else:
+            raise TinygenError(
+                "this CLIP's ResNet image tower takes no timestep; a noised CLIP uses "
+                "image_tower='vit' with num_timesteps > 0"
+            )
+        features = self.visual_projection(pooled)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def encode_text(self, tokens: Tensor, *, normalize: bool = True) -> Tensor:
-        """tokens (B, T) int64 from the run's tokenizer -> (B, embed_dim)."""
-        features = self.text_projection(self.text(tokens))
-        return F.normalize(features, dim=-1) if normalize else features
+    def encode_text(
+        self, tokens: Tensor, *, normalize: bool = True, return_tokens: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """tokens (B, T) int64 from the run's tokenizer -> (B, embed_dim); with
+        `return_tokens=True` also the text tower's token features (B, T, text width),
+        unprojected, for a model that cross-attends to the caption."""
+        pooled, sequence = self.text(tokens, return_tokens=True)
+        features = self.text_projection(pooled)
+        features = F.normalize(features, dim=-1) if normalize else features
+        return (features, sequence) if return_tokens else features
 
-    def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp()
+    def forward(
+        self, images: Tensor, tokens: Tensor, t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Unit-norm image and text embeddings and exp(t); `t` for a noised CLIP."""
+        return self.encode_image(images, t), self.encode_text(tokens), self.logit_scale.exp()
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
