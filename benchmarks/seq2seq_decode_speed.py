@@ -21,13 +21,13 @@ import torch
 
 from tinygen.data.translation import TaskSpec, TranslationData
 from tinygen.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from tinygen.models.seq2seq_task import Translator
+from tinygen.recipes.seq2seq import Translator
 
 
 def load(args: argparse.Namespace) -> tuple[Translator, list[str]]:
     if args.run:
         translator = Translator.from_run(args.run)
-        from tinygen.train.runs import load_run_config
+        from tinygen.models.runs import load_run_config
 
         spec = TaskSpec(**load_run_config(args.run)["task"])
     else:  # untrained: decodes to max_tgt_len, the worst case for the uncached path

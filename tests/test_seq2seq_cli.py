@@ -12,7 +12,7 @@ import torch
 from tinygen.cli.main import main
 from tinygen.data.translation import TaskSpec, TranslationData, number_to_words
 from tinygen.eval.text_metrics import character_error_rate, exact_match
-from tinygen.models.seq2seq_task import Translator
+from tinygen.recipes.seq2seq import Translator
 
 SHORT_RUN = [
     "--max-iters",

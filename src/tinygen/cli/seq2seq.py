@@ -8,36 +8,21 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import torch
-
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, interrupted
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, filter_fields
 from tinygen.errors import TinygenError
 from tinygen.models.seq2seq import Seq2SeqConfig
+from tinygen.recipes.seq2seq import PRESETS
 from tinygen.train.config import TrainConfig
 
-# The recipe measured in docs/benchmarks.md (section seq2seq): the paper's inverse-sqrt
-# warm-up and Adam beta2 = 0.98, a fresh batch every step (so no weight decay).
-DEFAULT_MODEL = Seq2SeqConfig()  # d_model 128, 4 heads, 3 + 3 layers, pre-LN
-DEFAULT_TRAIN = TrainConfig(
-    max_iters=1000,
-    batch_size=128,
-    learning_rate=1e-3,
-    lr_schedule="inverse_sqrt",
-    warmup_iters=200,
-    weight_decay=0.0,
-    beta2=0.98,
-    eval_interval=250,
-    eval_iters=10,
-    log_interval=10,
-)
+DEFAULT = PRESETS["default"]
 
 
 def _recipe() -> dict:
     generic = TrainConfig()
     return {
-        f.name: getattr(DEFAULT_TRAIN, f.name)
+        f.name: getattr(DEFAULT.train, f.name)
         for f in dataclasses.fields(TrainConfig)
-        if getattr(DEFAULT_TRAIN, f.name) != getattr(generic, f.name)
+        if getattr(DEFAULT.train, f.name) != getattr(generic, f.name)
     }
 
 
@@ -147,61 +132,44 @@ def _add_decode_flags(parser: argparse.ArgumentParser, *, default_beam: int) -> 
 
 
 def train_seq2seq(args: argparse.Namespace) -> int:
-    from tinygen.data.translation import TaskSpec, TranslationData, Vocab
-    from tinygen.models.seq2seq import Seq2SeqTransformer
-    from tinygen.models.seq2seq_task import Seq2SeqTask, Translator, evaluate_heldout
-    from tinygen.train.runs import load_run_config
-    from tinygen.train.trainer import Trainer
+    """A fresh run builds its task from the flags; a resumed run keeps its saved task and
+    vocabularies, and its saved model config is the base the model flags change (the
+    trainer refuses a change)."""
+    from tinygen.data.translation import TaskSpec, TranslationData
+    from tinygen.models.runs import load_run_config
+    from tinygen.recipes.common import interrupted
+    from tinygen.recipes.seq2seq import saved_data, train_seq2seq
 
-    train_config = dataclass_from_args(TrainConfig, args, DEFAULT_TRAIN)
-    if args.resume:  # the saved task and model, whatever the flags say
+    if args.resume:
         saved = load_run_config(args.out)
-        spec = TaskSpec(**saved["task"])
-        vocabs = (Vocab.from_dict(saved["source_vocab"]), Vocab.from_dict(saved["target_vocab"]))
-        data = TranslationData(spec, vocabs)
-        model_config = Seq2SeqConfig(**saved["model"])
+        data = saved_data(saved)
+        base = Seq2SeqConfig(**filter_fields(Seq2SeqConfig, saved["model"]))
     else:
-        spec = TaskSpec(
-            task="tsv" if args.data else args.task,
-            direction=args.direction,
-            data=str(Path(args.data).resolve()) if args.data else None,
-            tokenizer=args.tokenizer,
-            seed=args.task_seed,
-            n_heldout=args.n_heldout,
+        data = TranslationData(
+            TaskSpec(
+                task="tsv" if args.data else args.task,
+                direction=args.direction,
+                data=str(Path(args.data).resolve()) if args.data else None,
+                tokenizer=args.tokenizer,
+                seed=args.task_seed,
+                n_heldout=args.n_heldout,
+            )
         )
-        data = TranslationData(spec)
-        model_config = dataclasses.replace(
-            dataclass_from_args(Seq2SeqConfig, args, DEFAULT_MODEL),
-            src_vocab_size=len(data.src_vocab),
-            tgt_vocab_size=len(data.tgt_vocab),
-            share_embeddings=data.src_vocab is data.tgt_vocab,
-        )
-    torch.manual_seed(train_config.seed)
-    model = Seq2SeqTransformer(model_config)
-    task = Seq2SeqTask(model, data, eval_examples=args.eval_examples)
-    trainer = Trainer(
-        task,
-        train_config,
+        base = DEFAULT.model
+    result, scores = train_seq2seq(
+        dataclass_from_args(Seq2SeqConfig, args, base),
+        dataclass_from_args(TrainConfig, args, DEFAULT.train),
         args.out,
-        run_config=task.run_config(),
+        data,
         resume=args.resume,
         progress=not args.no_progress,
+        eval_examples=args.eval_examples,
+        final_beam=args.final_beam,
     )
-    if trainer.dist.is_main:
-        print(
-            f"seq2seq {spec.task} ({spec.direction}) with {model.num_params() / 1e6:.2f}M "
-            f"parameters, vocabularies {len(data.src_vocab)} -> {len(data.tgt_vocab)} -> "
-            f"{args.out}",
-            file=sys.stderr,
-        )
-    result = trainer.fit()
     if interrupted(result, args.out):
         return 130
-    if trainer.dist.is_main:
-        translator = Translator.from_run(args.out, "best")
-        beams = (1,) if args.final_beam <= 1 else (1, args.final_beam)
-        results = evaluate_heldout(translator, data.test_pairs, beams=beams, run_dir=args.out)
-        _print_scores(results)
+    if scores:
+        _print_scores(scores)
         print(
             f"done: step {result.step}; translate with: tinygen translate --run {args.out} "
             f'"{data.test_pairs[0][0]}"',
@@ -211,7 +179,7 @@ def train_seq2seq(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from tinygen.models.seq2seq_task import Translator
+    from tinygen.recipes.seq2seq import Translator
     from tinygen.train.device import resolve_device
 
     return Translator.from_run(args.run, args.checkpoint, resolve_device(args.device))
@@ -233,24 +201,17 @@ def translate_command(args: argparse.Namespace) -> int:
     for line in outputs:
         print(line)
     if args.attention_map is not None:
-        from tinygen.models.seq2seq_task import save_attention_map
-
-        weights = translator.attention_map(texts[0], outputs[0])
-        source = translator.src_vocab.split(texts[0].strip())
-        target = (translator.tgt_vocab.split(outputs[0]) + ["<eos>"])[: weights.shape[0]]
-        save_attention_map(weights, source, target, args.attention_map)
+        translator.draw_attention(texts[0], outputs[0], args.attention_map)
         print(f"attention map saved to {args.attention_map}", file=sys.stderr)
     return 0
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from tinygen.data.translation import TaskSpec, TranslationData
-    from tinygen.models.seq2seq_task import evaluate_heldout
-    from tinygen.train.runs import load_run_config
+    from tinygen.models.runs import load_run_config
+    from tinygen.recipes.seq2seq import evaluate_heldout, saved_data
 
     translator = _load(args)
-    saved = load_run_config(args.run)
-    data = TranslationData(TaskSpec(**saved["task"]), (translator.src_vocab, translator.tgt_vocab))
+    data = saved_data(load_run_config(args.run))
     pairs = data.test_pairs[: args.limit] if args.limit else data.test_pairs
     beams = (1,) if args.beam <= 1 else (1, args.beam)
     _print_scores(evaluate_heldout(translator, pairs, beams=beams, alpha=args.length_penalty))

@@ -1,4 +1,5 @@
-"""The encoder-decoder Transformer put to work: text in, text out, and a task to train it.
+"""The encoder-decoder Transformer recipe: text in, text out, the task that trains it, the
+default preset, held-out scores and the cross-attention picture.
 
 `Translator` pairs a trained `Seq2SeqTransformer` with its source and target vocabularies
 and turns lines of text into lines of text (greedy or beam search, batched).
@@ -9,6 +10,7 @@ exact match / character error rate at every evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,14 +18,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinygen.data.translation import PAD, TranslationData, Vocab, pad_batch
+from tinygen.data.translation import PAD, TaskSpec, TranslationData, Vocab, pad_batch
 from tinygen.errors import TinygenError
 from tinygen.eval.text_metrics import TextScores, score_texts
-from tinygen.models.seq2seq import Seq2SeqTransformer
+from tinygen.io import write_json
+from tinygen.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from tinygen.models.seq2seq_decode import decode_batch
-from tinygen.train.checkpoint import write_json
+from tinygen.recipes.common import Preset, fit, is_main_process
+from tinygen.train.config import TrainConfig
+from tinygen.train.trainer import TrainResult
 
 HELDOUT_FILE = "heldout_eval.json"
+
+# The recipe measured in docs/benchmarks.md (section seq2seq): the paper's inverse-sqrt
+# warm-up and Adam beta2 = 0.98, a fresh batch every step (so no weight decay).
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        Seq2SeqConfig(),  # d_model 128, 4 heads, 3 + 3 layers, pre-LN
+        TrainConfig(
+            max_iters=1000,
+            batch_size=128,
+            learning_rate=1e-3,
+            lr_schedule="inverse_sqrt",
+            warmup_iters=200,
+            weight_decay=0.0,
+            beta2=0.98,
+            eval_interval=250,
+            eval_iters=10,
+            log_interval=10,
+        ),
+        "number <-> words in minutes on a CPU (docs/benchmarks.md, section seq2seq)",
+    ),
+}
 
 
 class Translator:
@@ -38,14 +64,9 @@ class Translator:
     ) -> Translator:
         """Rebuild a trained translator from its run directory alone (config.json holds
         the model config and both vocabularies)."""
-        from tinygen.train.runs import load_model
+        from tinygen.models.runs import load_model
 
-        model, config = load_model(run_dir, which=which, device=device)
-        if config["model_type"] != "seq2seq":
-            raise TinygenError(
-                f"{run_dir} holds a {config['model_type']} model, not a "
-                "seq2seq one; pass the run of `tinygen train seq2seq`"
-            )
+        model, config = load_model(run_dir, which=which, device=device, expect="seq2seq")
         if "source_vocab" not in config or "target_vocab" not in config:
             raise TinygenError(f"{run_dir}/config.json has no vocabularies; retrain the run")
         return cls(
@@ -109,6 +130,13 @@ class Translator:
         with torch.no_grad():
             weights = self.model.cross_attention_weights(src.to(device), tgt_in.to(device))
         return weights[0].mean(dim=0).cpu()  # (T+1, S)
+
+    def draw_attention(self, text: str, translation: str, path: str | Path) -> None:
+        """Save the heat map of `attention_map(text, translation)` with the tokens as labels."""
+        weights = self.attention_map(text, translation)
+        source = self.src_vocab.split(text.strip())
+        target = (self.tgt_vocab.split(translation) + ["<eos>"])[: weights.shape[0]]
+        save_attention_map(weights, source, target, path)
 
 
 class Seq2SeqTask:
@@ -192,6 +220,55 @@ def evaluate_heldout(
             {"alpha": alpha, **{k: asdict(v) for k, v in results.items()}},
         )
     return results
+
+
+def saved_data(config: dict) -> TranslationData:
+    """The data a run was trained on, rebuilt from its config.json: the task spec (with its
+    held-out seed) and both saved vocabularies."""
+    vocabs = (Vocab.from_dict(config["source_vocab"]), Vocab.from_dict(config["target_vocab"]))
+    return TranslationData(TaskSpec(**config["task"]), vocabs)
+
+
+def train_seq2seq(
+    model_config: Seq2SeqConfig,
+    train_config: TrainConfig,
+    out: str | Path,
+    data: TranslationData,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    eval_examples: int = 500,
+    final_beam: int = 4,
+) -> tuple[TrainResult, dict[str, TextScores]]:
+    """Train on `data` into `out` (the vocabulary sizes come from the data), then score
+    greedy decoding and a `final_beam` beam search on the held-out test set with the best
+    checkpoint (written to heldout_eval.json). The scores are empty when the run was
+    interrupted, and on every rank but 0."""
+    out = Path(out)
+    model_config = dataclasses.replace(
+        model_config,
+        src_vocab_size=len(data.src_vocab),
+        tgt_vocab_size=len(data.tgt_vocab),
+        share_embeddings=data.src_vocab is data.tgt_vocab,
+    )
+    torch.manual_seed(train_config.seed)
+    task = Seq2SeqTask(Seq2SeqTransformer(model_config), data, eval_examples=eval_examples)
+    spec = data.spec
+    result = fit(
+        task,
+        train_config,
+        out,
+        task.run_config(),
+        resume=resume,
+        progress=progress,
+        announce=f", {spec.task} ({spec.direction}), vocabularies {len(data.src_vocab)} -> "
+        f"{len(data.tgt_vocab)}",
+    )
+    if result.interrupted or not is_main_process():
+        return result, {}
+    beams = (1,) if final_beam <= 1 else (1, final_beam)
+    translator = Translator.from_run(out, "best")
+    return result, evaluate_heldout(translator, data.test_pairs, beams=beams, run_dir=out)
 
 
 def save_attention_map(
