@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
+from tinygen.data.image_data import ImageData
 from tinygen.eval.diffusion_eval import Setting, evaluate_settings
 from tinygen.eval.fidelity import load_evaluator
-from tinygen.models.diffusion import DiffusionConfig, DiffusionModel, DiffusionTask, ImageData
+from tinygen.models.diffusion import DiffusionConfig, DiffusionModel
 from tinygen.nn.unet import UNetConfig
+from tinygen.recipes.diffusion import DiffusionTask
 from tinygen.train.config import TrainConfig
 from tinygen.train.trainer import Trainer
 

@@ -11,17 +11,14 @@ import pytest
 import torch
 from torch import Tensor
 
+from tinygen.data.image_data import ImageData
+from tinygen.diffusion.objective import min_snr_weights
 from tinygen.diffusion.sampling import sample
 from tinygen.errors import TinygenError
-from tinygen.models.diffusion import (
-    DiffusionConfig,
-    DiffusionModel,
-    DiffusionTask,
-    ImageData,
-    min_snr_weights,
-)
+from tinygen.models.diffusion import DiffusionConfig, DiffusionModel
 from tinygen.models.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from tinygen.nn.unet import UNetConfig
+from tinygen.recipes.diffusion import DiffusionTask
 from tinygen.train.config import TrainConfig
 from tinygen.train.runs import load_model
 from tinygen.train.trainer import Trainer
@@ -99,8 +96,8 @@ def test_condition_is_dropped_at_the_configured_rate(shapes_data):
     g = torch.Generator().manual_seed(0)
     seen: list[torch.Tensor] = []
 
-    def spy(x_t, t, labels):
-        seen.append(labels)
+    def spy(x_t, t, cond):  # the model is called with a Condition dict
+        seen.append(cond["labels"])
         return torch.zeros_like(x_t)
 
     drops = []

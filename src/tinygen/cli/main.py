@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 from tinygen.errors import TinygenError
 
-COMMAND_MODULES = ("gpt", "seq2seq", "finetune", "shapes", "clip", "diffusion")
+COMMAND_MODULES = (
+    "gpt",
+    "seq2seq",
+    "finetune",
+    "shapes",
+    "clip",
+    "diffusion",
+    "diffusion_sample",
+)
 VERBS = {
     "train": "train a model from scratch",
     "sample": "generate from a trained model",

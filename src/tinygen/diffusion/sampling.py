@@ -7,11 +7,16 @@ current and previous timesteps are arguments, so any chain (strided, custom, res
 Both match diffusers' `DDPMScheduler.step` / `DDIMScheduler.step` bit for bit for the same
 t and t_prev. Unlike diffusers' DDIM, `sample` steps to the *next timestep in the list*; see
 docs/diffusion.md for why diffusers is wrong for `linspace` and some `trailing` spacings.
+
+`SamplerConfig` holds the user-facing sampler settings once (validated in one place), and
+`img2img_timesteps` + `sample(..., x_start=, strength=)` start the chain part-way down from
+a noised input (SDEdit, Meng et al. 2021): image-to-image and inpainting use the same loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -62,6 +67,100 @@ def inference_timesteps(
             f"{n} steps; lower steps_offset"
         )
     return torch.from_numpy(steps)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to run the reverse process: the settings `generate`, evaluation and the CLI share.
+
+    sampler: `ddim` (any eta) or `ddpm` (ancestral). steps: network calls. eta: DDIM's noise
+    (0 deterministic, 1 DDPM's variance; Song et al. eq. 16). spacing: which training
+    timesteps the steps visit (`inference_timesteps`). clip_sample: clip each predicted x_0
+    to [-1, 1] (diffusers' and DDPM's default; only for pixel models). thresholding: Imagen's
+    dynamic thresholding instead (Saharia et al. 2022, sec. 2.3). recompute_eps (DDIM): the
+    noise direction from the clipped x_0 (GLIDE's choice; diffusers'
+    `use_clipped_model_output`), which keeps strong guidance from drifting to the
+    complementary colour (docs/benchmarks.md measures it).
+    """
+
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    spacing: str = "leading"
+    clip_sample: bool = True
+    thresholding: bool = False
+    recompute_eps: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise TinygenError(
+                f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
+            )
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise TinygenError(f"--steps must be a positive integer, got {self.steps!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise TinygenError(
+                f"eta must be in [0, 1] (0 = DDIM, 1 = DDPM variance), got {self.eta}"
+            )
+        if self.spacing not in SPACINGS:
+            raise TinygenError(
+                f"unknown timestep spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}"
+            )
+
+    def check_fits(self, num_train_timesteps: int) -> None:
+        if self.steps > num_train_timesteps:
+            raise TinygenError(
+                f"--steps {self.steps} exceeds the {num_train_timesteps} training steps; "
+                f"use at most {num_train_timesteps}"
+            )
+
+    def timesteps(self, num_train_timesteps: int) -> Tensor:
+        self.check_fits(num_train_timesteps)
+        return inference_timesteps(self.steps, num_train_timesteps, self.spacing)
+
+    @property
+    def name(self) -> str:
+        """e.g. `DDIM-50, eta 0.5, trailing spacing` (defaults left out)."""
+        text = f"{self.sampler.upper()}-{self.steps}"
+        if self.thresholding:
+            text += ", dynamic thresholding"
+        if not self.recompute_eps:
+            text += ", unclipped eps"
+        if self.eta:
+            text += f", eta {self.eta:g}"
+        if self.spacing != "leading":
+            text += f", {self.spacing} spacing"
+        return text
+
+    def sample_options(self) -> dict:
+        """The keyword arguments of `sample` these settings stand for."""
+        return {
+            "sampler": self.sampler,
+            "num_inference_steps": self.steps,
+            "eta": self.eta,
+            "spacing": self.spacing,
+            "clip_sample": self.clip_sample,
+            "thresholding": self.thresholding,
+            "use_clipped_model_output": self.recompute_eps,  # (ignored by DDPM: it needs no eps)
+        }
+
+
+def img2img_timesteps(timesteps: Tensor | list[int], strength: float) -> tuple[Tensor, int]:
+    """The tail of a descending timestep list that image-to-image runs (SDEdit).
+
+    With n timesteps, the chain starts `init_timestep = min(int(n * strength), n)` steps
+    before the end: `t_start = max(n - init_timestep, 0)`, and returns
+    (timesteps[t_start:], t_start) -- exactly diffusers' `StableDiffusionImg2ImgPipeline.
+    get_timesteps`. strength 1 runs every step (from pure noise in effect), strength 0 none
+    (the input comes back unchanged).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise TinygenError(f"--strength must be in [0, 1] (0 keeps the image), got {strength}")
+    timesteps = torch.as_tensor(timesteps)
+    n = len(timesteps)
+    init_timestep = min(int(n * strength), n)
+    t_start = max(n - init_timestep, 0)
+    return timesteps[t_start:], t_start
 
 
 def threshold_sample(
@@ -227,6 +326,8 @@ def sample(
     progress: bool = True,
     callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
     x_T: Tensor | None = None,
+    x_start: Tensor | None = None,
+    strength: float = 1.0,
     spacing: str = "leading",
     steps_offset: int = 0,
     variance_type: str = "fixed_small",
@@ -235,12 +336,17 @@ def sample(
     mean_shift_fn: Callable[[Tensor, Tensor, Tensor, Timestep], Tensor] | None = None,
     **clip_options: float | bool,
 ) -> Tensor:
-    """Generate images from pure noise: the one sample loop for every diffusion model.
+    """Generate from pure noise, or from a noised input: the one sample loop of every model.
 
     Args:
         model_fn: `model_fn(x_t, t_batch) -> model_output`, x_t (B, C, H, W), t_batch (B,)
             int64; wrap a conditional model with `guidance.classifier_free_guidance`.
-        shape: (B, C, H, W) of the images.
+        shape: (B, C, H, W) of the images (or (B, ...) of latents or vectors).
+        x_T: the starting noise (default: drawn from `generator`).
+        x_start, strength: start part-way down the chain (SDEdit, Meng et al. 2021): run
+            only the last timesteps of `img2img_timesteps(timesteps, strength)`, from
+            x_start (shaped `shape`) noised to the first of them with noise from `generator`
+            (or `x_T`). strength 0 returns x_start unchanged.
         sampler: `ddim` (any eta in [0, 1]) or `ddpm` (ancestral; with fewer steps than
             training it walks the strided chain, t_prev = the next timestep in the list).
         guidance_fn: `guidance_fn(x_t, t_batch, model_output) -> model_output`, applied after
@@ -271,7 +377,7 @@ def sample(
         raise TinygenError(f"unknown sample() options {sorted(unknown)}; known: {sorted(known)}")
     timesteps = inference_timesteps(
         num_inference_steps, schedule.num_train_timesteps, spacing, steps_offset
-    ).tolist()
+    )
     device = torch.device(device)
     if x_T is None:
         x = _draw_noise(torch.empty(shape, device=device), generator)
@@ -279,6 +385,18 @@ def sample(
         if tuple(x_T.shape) != tuple(shape):
             raise TinygenError(f"x_T has shape {tuple(x_T.shape)} but shape is {tuple(shape)}")
         x = x_T.to(device)
+    if x_start is not None:
+        if tuple(x_start.shape) != tuple(shape):
+            raise TinygenError(
+                f"x_start has shape {tuple(x_start.shape)} but the samples have {tuple(shape)}"
+            )
+        timesteps, _ = img2img_timesteps(timesteps, strength)
+        if len(timesteps) == 0:
+            return x_start.to(device)
+        x = schedule.add_noise(x_start.to(device, x.dtype), x, int(timesteps[0]))  # q(x_t | x_0)
+    elif strength != 1.0:
+        raise TinygenError("strength < 1 needs an x_start (an image to start from)")
+    timesteps = timesteps.tolist()
     step_options = dict(clip_options)
     if sampler == "ddpm":
         step_options.pop("use_clipped_model_output", None)

@@ -22,11 +22,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from tinygen.diffusion.sampling import SamplerConfig
 from tinygen.errors import TinygenError
 
 
 @dataclass
 class Setting:
+    """One row of an evaluation: the guidance scales and the sampler settings (flat, as
+    eval.json stores them; `sampler_config` is the validated `SamplerConfig` they make)."""
+
     guidance: float = 1.0
     sampler: str = "ddim"
     steps: int = 50
@@ -36,20 +40,30 @@ class Setting:
     recompute_eps: bool = True  # DDIM: eps from the clipped x_0 (see DiffusionModel.generate)
     spacing: str = "leading"  # which timesteps the steps visit (see DiffusionModel.generate)
 
+    def __post_init__(self) -> None:
+        if self.guidance < 0:
+            raise TinygenError(f"guidance scale must be >= 0, got {self.guidance}")
+        self.sampler_config  # noqa: B018 - validates the sampler settings once, here
+
+    @property
+    def sampler_config(self) -> SamplerConfig:
+        return SamplerConfig(
+            sampler=self.sampler,
+            steps=self.steps,
+            eta=self.eta,
+            spacing=self.spacing,
+            thresholding=self.thresholding,
+            recompute_eps=self.recompute_eps,
+        )
+
     @property
     def name(self) -> str:
-        text = f"{self.sampler.upper()}-{self.steps}, guidance {self.guidance:g}"
+        sampler = self.sampler_config.name
+        head, _, options = sampler.partition(", ")
+        text = f"{head}, guidance {self.guidance:g}"
         if self.classifier_scale:
             text += f", classifier scale {self.classifier_scale:g}"
-        if self.thresholding:
-            text += ", dynamic thresholding"
-        if not self.recompute_eps:
-            text += ", unclipped eps"
-        if self.eta:
-            text += f", eta {self.eta:g}"
-        if self.spacing != "leading":
-            text += f", {self.spacing} spacing"
-        return text
+        return text + (f", {options}" if options else "")
 
 
 def eval_labels(
@@ -60,11 +74,11 @@ def eval_labels(
     split "val" has the training distribution; "heldout" only the (colour, shape) pairs the
     training split never shows (a test of compositional generalisation).
     """
-    from tinygen.data.shapes import COLORS, SHAPES, canonical_prompt, generate_shapes
+    from tinygen.data.shapes import COLORS, SHAPES, canonical_prompt, combo_labels, generate_shapes
 
     real = generate_shapes(n, split=split, seed=seed, image_size=image_size)
     color, shape = real.labels["color"], real.labels["shape"]
-    labels = color * len(SHAPES) + shape
+    labels = combo_labels(color, shape)
     prompts = [
         canonical_prompt(COLORS[c], SHAPES[s]) for c, s in zip(color.tolist(), shape.tolist())
     ]
@@ -90,15 +104,10 @@ def generate_for_labels(
                 len(chunk),
                 labels=chunk if _needs_labels(model, setting) else None,
                 guidance=setting.guidance,
-                sampler=setting.sampler,
-                steps=setting.steps,
-                eta=setting.eta,
+                sampler=setting.sampler_config,
                 generator=gen,
                 classifier=classifier,
                 classifier_scale=setting.classifier_scale,
-                thresholding=setting.thresholding,
-                recompute_eps=setting.recompute_eps,
-                spacing=setting.spacing,
             ).cpu()
         )
     return torch.cat(parts)

@@ -1,24 +1,26 @@
 """A diffusion model: the U-Net, its noise schedule and objective, and how to sample it.
 
-Training (Ho et al. 2020, Alg. 1): draw t uniformly, noise x_0 into x_t = sqrt(ab_t) x_0 +
-sqrt(1 - ab_t) eps, and regress the network output on the target of the chosen
-parameterisation -- eps (`epsilon`), x_0 (`sample`) or v (`v_prediction`, Salimans & Ho
-2022). Optional min-SNR-gamma weighting (Hang et al. 2023) caps the weight of the
-low-noise steps, where the eps loss over-weights easy denoising:
-    epsilon: w = min(SNR, g) / SNR;   sample: w = min(SNR, g);   v: w = min(SNR, g) / (SNR + 1).
+Training (Ho et al. 2020, Alg. 1) is `tinygen.diffusion.objective.diffusion_loss`: noise x_0
+into x_t at a uniform t and regress the output on the target of the chosen parameterisation
+-- eps (`epsilon`), x_0 (`sample`) or v (`v_prediction`, Salimans & Ho 2022) -- optionally
+min-SNR-gamma weighted (Hang et al. 2023).
 
-Class conditioning (`conditioning="class"`): a label embedding added to the time embedding
-(ADM). For classifier-free guidance (Ho & Salimans 2022) the label is replaced by a learned
-null label (index `num_classes`) with probability `cond_drop_prob` during training, so the
-same network predicts both eps(x_t, y) and eps(x_t, null). With `label_factors` (e.g.
-(8, 6) for the shapes world's (colour, shape) classes) a label is split into its attributes,
-each with its own embedding, summed: every colour and every shape embedding then learns from
-all the images that show it (8x and 6x more than a per-class row), and pairs never seen in
-training still get a meaningful condition.
+What the model is conditioned on is data: a `Condition` dict (`tinygen.models.conditioning`)
+with class labels, token context for cross-attention and/or an embedding added to the time
+embedding. Class conditioning (`conditioning="class"`) goes through a `LabelConditioner`: a
+label embedding added to the time embedding (ADM); for classifier-free guidance (Ho &
+Salimans 2022) the label is replaced by a learned null label (index `num_classes`) with
+probability `cond_drop_prob` during training, so the same network predicts both
+eps(x_t, y) and eps(x_t, null). With `label_factors` (e.g. (8, 6) for the shapes world's
+(colour, shape) classes) a label is split into its attributes, each with its own embedding,
+summed: pairs never seen in training still get a meaningful condition.
 
-Sampling goes through `tinygen.diffusion.sampling.sample` (DDPM or DDIM) with the
-classifier-free wrapper of `tinygen.diffusion.guidance` and, optionally, a noisy classifier
-for classifier guidance (Dhariwal & Nichol 2021, Alg. 1 and 2).
+Sampling goes through the one loop, `tinygen.diffusion.sampling.sample`, with a
+`SamplerConfig`: `denoise` returns the raw end of the chain (pixels, latents or vectors
+alike), `generate` clamps it to the image range. The classifier-free wrapper and the
+score-function guidance (a noisy classifier; Dhariwal & Nichol 2021, Alg. 1 and 2) come
+from `tinygen.diffusion.guidance`. `x_start` + `strength` start the chain part-way down
+(SDEdit image-to-image).
 """
 
 from __future__ import annotations
@@ -28,13 +30,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinygen.data.image_data import ImageData  # noqa: F401 - it lived here before data/
 from tinygen.diffusion import guidance as guidance_lib
-from tinygen.diffusion.sampling import sample
+from tinygen.diffusion.objective import diffusion_loss, min_snr_weights  # noqa: F401
+from tinygen.diffusion.sampling import SamplerConfig, sample
 from tinygen.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES, NoiseSchedule
 from tinygen.errors import TinygenError
+from tinygen.models.conditioning import (
+    Condition,
+    LabelConditioner,
+    as_condition,
+    drop_condition,
+)
 from tinygen.nn.unet import UNet, UNetConfig
 
 CONDITIONINGS = ("none", "class")
@@ -71,10 +80,18 @@ class DiffusionConfig:
     def class_conditional(self) -> bool:
         return self.conditioning == "class"
 
+    def conditioner(self) -> LabelConditioner | None:
+        """The conditioner of this model's `conditioning` (None: conditioned on raw keys)."""
+        if not self.class_conditional:
+            return None
+        return LabelConditioner(
+            self.num_classes, label_factors=self.label_factors, drop_prob=self.cond_drop_prob
+        )
+
     def unet_config(self) -> UNetConfig:
         """The U-Net config with the class-embedding rows this model needs (labels + null)."""
-        labels = sum(self.label_factors) if self.label_factors else self.num_classes
-        rows = labels + 1 if self.class_conditional else 0
+        conditioner = self.conditioner()
+        rows = conditioner.num_rows if conditioner is not None else 0
         return UNetConfig(**{**asdict(self.unet), "num_classes": rows})
 
     def validate(self) -> None:
@@ -103,20 +120,6 @@ class DiffusionConfig:
             raise TinygenError(f"min_snr_gamma must be >= 0 (0 disables), got {self.min_snr_gamma}")
 
 
-def min_snr_weights(snr: Tensor, gamma: float, prediction_type: str) -> Tensor:
-    """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023, eq. 12 and its x_0/v forms).
-
-    The weight turns each parameterisation's MSE into the x_0-space MSE weighted by
-    min(SNR, gamma): the eps loss is SNR times the x_0 loss, the v loss (SNR + 1) times it.
-    """
-    clipped = torch.clamp(snr, max=gamma)
-    if prediction_type == "epsilon":
-        return clipped / snr
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped
-
-
 class DiffusionModel(nn.Module):
     """The U-Net plus the process it was trained for (schedule, objective, conditioning)."""
 
@@ -124,6 +127,7 @@ class DiffusionModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        self.conditioner = config.conditioner()
         self.unet = UNet(config.unet_config())
         self.schedule = NoiseSchedule(config.beta_schedule, config.num_train_timesteps)
 
@@ -139,71 +143,163 @@ class DiffusionModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The network output (eps, x_0 or v) for x_t (B, C, H, W) at timesteps t (B,)."""
-        if not self.config.class_conditional:
-            return self.unet(x_t, t, None)
-        return self.unet(x_t, t, self.embedding_rows(labels))
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Condition | Tensor | None = None,
+        *,
+        labels: Tensor | None = None,
+    ) -> Tensor:
+        """The network output (eps, x_0 or v) for x_t (B, C, H, W) at timesteps t (B,).
+
+        cond: a Condition dict, or a tensor of class labels (`labels=` is the same);
+        unconditional models take none.
+        """
+        return self.unet(
+            x_t, t, **self.unet_inputs(as_condition(cond if cond is not None else labels))
+        )
+
+    def unet_inputs(self, cond: Condition) -> dict[str, Tensor]:
+        """The U-Net's keyword inputs for a condition: the conditioner's, or the raw keys
+        (`context`, `context_mask` -> cross-attention, `embedding` -> cond_emb)."""
+        if self.conditioner is not None:
+            return self.conditioner.unet_inputs(cond)
+        if "labels" in cond and cond["labels"] is not None:
+            raise TinygenError("this model is unconditional; it takes no labels (--cond class)")
+        if "tokens" in cond:
+            raise TinygenError("this model has no text conditioner to encode caption tokens")
+        names = {"context": "context", "context_mask": "context_mask", "embedding": "cond_emb"}
+        return {names[key]: value for key, value in cond.items() if key in names}
+
+    def null_condition(self, batch_size: int, device: torch.device | str = "cpu") -> Condition:
+        if self.conditioner is None:
+            raise TinygenError("this model is unconditional; it has no null condition")
+        return self.conditioner.null_condition(batch_size, device)
 
     def embedding_rows(self, labels: Tensor | None) -> Tensor | None:
-        """Labels (B,) -> the rows of the U-Net's class table: the label itself, or with
-        `label_factors` its mixed-radix digits (B, k) (label = ((d0 * f1) + d1) * f2 + ...),
-        each offset into its own block of rows; the null label is the last row."""
-        factors = self.config.label_factors
-        if labels is None or not factors:
+        """Labels (B,) -> the rows of the U-Net's class table (see LabelConditioner.rows)."""
+        if labels is None or self.conditioner is None:
             return labels
-        digits, rest = [], labels
-        for factor in reversed(factors):
-            digits.append(rest % factor)
-            rest = rest // factor
-        offsets = torch.tensor([0, *factors[:-1]], device=labels.device).cumsum(0)
-        rows = torch.stack(digits[::-1], dim=1) + offsets
-        null_row = sum(factors)
-        return torch.where((labels == self.null_label)[:, None], null_row, rows)
+        return self.conditioner.rows(labels)
 
     def training_loss(
         self,
         x0: Tensor,
         noise: Tensor,
         t: Tensor,
-        labels: Tensor | None = None,
+        labels: Condition | Tensor | None = None,
         drop: Tensor | None = None,
         *,
         forward: Callable[..., Tensor] | None = None,
     ) -> Tensor:
-        """The (weighted) MSE of Ho et al. Alg. 1 for given x_0, eps, t (B,) and labels.
+        """The (weighted) MSE of Ho et al. Alg. 1 (`diffusion_loss`) for given x_0, eps, t (B,)
+        and condition (class labels or a Condition dict).
 
-        drop (B,) bool: which labels become the null label (classifier-free training).
+        drop (B,) bool: which conditions become the null condition (classifier-free training).
         forward: the module to call (the trainer's compiled / DDP wrapper), default self.
         """
         forward = forward or self
-        if self.config.class_conditional:
-            if labels is None:
+        cond = as_condition(labels)
+        if self.conditioner is not None:
+            if "labels" not in cond:
                 raise TinygenError("this model is class-conditional; the batch needs labels")
             if drop is not None:
-                labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
-        x_t = self.schedule.add_noise(x0, noise, t)
-        target = self.schedule.target(x0, noise, t, self.config.prediction_type)
-        output = forward(x_t, t, labels)
-        per_sample = F.mse_loss(output.float(), target.float(), reduction="none").mean((1, 2, 3))
-        if self.config.min_snr_gamma > 0:
-            weights = min_snr_weights(
-                self.schedule.snr(t), self.config.min_snr_gamma, self.config.prediction_type
-            )
-            per_sample = per_sample * weights
-        return per_sample.mean()
+                cond = drop_condition(cond, self.null_condition(1, x0.device), drop)
+
+        def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
+            return forward(x_t, t, cond if cond else None)
+
+        return diffusion_loss(
+            model_fn,
+            self.schedule,
+            x0,
+            noise,
+            t,
+            prediction_type=self.config.prediction_type,
+            min_snr_gamma=self.config.min_snr_gamma,
+        )
 
     # -- sampling ----------------------------------------------------------------------------
 
     def check_labels(self, labels: Tensor | None, n: int) -> None:
         if labels is None:
             return
-        if labels.shape != (n,):
-            raise TinygenError(f"need one label per image ({n}), got shape {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.null_label):
-            raise TinygenError(
-                f"labels must be in [0, {self.null_label - 1}], got {sorted(set(labels.tolist()))}"
+        LabelConditioner(self.config.num_classes).check(labels, n)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        n: int,
+        *,
+        cond: Condition | Tensor | None = None,
+        guidance: float = 1.0,
+        sampler: SamplerConfig | None = None,
+        generator: torch.Generator | None = None,
+        classifier: nn.Module | None = None,
+        classifier_labels: Tensor | None = None,
+        classifier_scale: float = 0.0,
+        x_start: Tensor | None = None,
+        strength: float = 1.0,
+        shape: tuple[int, ...] | None = None,
+        callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Run the reverse process for n samples and return its raw end (no clamping), so
+        pixels, latents and embeddings can all use it.
+
+        cond: the condition of each sample (a conditional model needs one); `guidance` is
+        the classifier-free scale s (0 unconditional, 1 conditional, > 1 sharper). With a
+        noisy `classifier` and `classifier_labels`, its gradient steers the samples (DDPM:
+        mean shift, Alg. 1; DDIM: eps shift, Alg. 2) -- for an unconditional model too.
+        x_start + strength: start from x_start noised part-way down the chain (SDEdit).
+        shape: the sample shape without the batch (default `image_shape`).
+        """
+        sampler = sampler or SamplerConfig()
+        device = next(self.parameters()).device
+        if guidance < 0:
+            raise TinygenError(f"guidance scale must be >= 0, got {guidance}")
+        sampler.check_fits(self.config.num_train_timesteps)
+        cond = as_condition(cond)
+        if self.conditioner is not None:
+            if "labels" not in cond:
+                raise TinygenError("this model is class-conditional; give labels (--label)")
+            cond = {key: value.to(device) for key, value in cond.items()}
+            model_fn = guidance_lib.classifier_free_guidance(
+                self, cond, self.null_condition(1, device), guidance
             )
+        else:
+
+            def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
+                return self(x_t, t, cond or None)
+
+        extra: dict = {}
+        if classifier is not None and classifier_scale != 0:
+            if classifier_labels is None:
+                raise TinygenError("classifier guidance needs labels (--label)")
+            check_classifier_matches(self, classifier)
+            score = guidance_lib.classifier_log_score(classifier, classifier_labels.to(device))
+            if sampler.sampler == "ddpm":
+                extra["mean_shift_fn"] = guidance_lib.score_mean_shift(score, classifier_scale)
+            else:
+                extra["guidance_fn"] = guidance_lib.score_eps_shift(
+                    score, classifier_scale, self.schedule, self.config.prediction_type
+                )
+        return sample(
+            model_fn,
+            (n, *(shape or self.image_shape)),
+            schedule=self.schedule,
+            prediction_type=self.config.prediction_type,
+            generator=generator,
+            device=device,
+            progress=progress,
+            callback=callback,
+            sample_max_value=THRESHOLD_MAX,
+            x_start=x_start,
+            strength=strength,
+            **sampler.sample_options(),
+            **extra,
+        )
 
     @torch.no_grad()
     def generate(
@@ -211,96 +307,64 @@ class DiffusionModel(nn.Module):
         n: int,
         *,
         labels: Tensor | None = None,
+        cond: Condition | None = None,
         guidance: float = 1.0,
-        sampler: str = "ddim",
-        steps: int = 50,
-        eta: float = 0.0,
+        sampler: str | SamplerConfig = "ddim",
         generator: torch.Generator | None = None,
         classifier: nn.Module | None = None,
         classifier_scale: float = 0.0,
+        x_start: Tensor | None = None,
+        strength: float = 1.0,
         callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
         progress: bool = False,
-        clip_sample: bool = True,
-        thresholding: bool = False,
-        recompute_eps: bool = True,
-        spacing: str = "leading",
+        **sampler_options: object,
     ) -> Tensor:
-        """Draw n images (n, C, H, W) in [-1, 1].
+        """Draw n images (n, C, H, W) in [-1, 1]: `denoise`, clamped to the image range.
 
-        labels (n,): the classes of a class-conditional model; `guidance` is the
-        classifier-free scale s (0 unconditional, 1 conditional, > 1 sharper). With a noisy
-        `classifier` and labels, its gradient steers the samples (DDPM: mean shift, Alg. 1;
-        DDIM: eps shift, Alg. 2) -- this works for an unconditional model too.
-        clip_sample: clip each predicted x_0 to [-1, 1] before the step (the default of
-        diffusers' DDPM and DDIM schedulers and of DDPM's reference code); it keeps an
-        imperfect eps prediction at high noise from throwing pixels far out of range.
-        thresholding: dynamic thresholding instead (Saharia et al. 2022, sec. 2.3): each
-        predicted x_0 is clipped to [-s, s] and divided by s, s = its 99.5th-percentile
-        |pixel| kept within [1, 1.5] (the cap of DeepFloyd IF's scheduler; diffusers' default
-        cap of 1.0 would make this plain clipping), so strong guidance keeps its colours
-        instead of saturating them at the clip.
-        recompute_eps (DDIM): after clipping, take the noise direction from the clipped x_0,
-        eps = (x_t - sqrt(ab_t) x_0) / sqrt(1 - ab_t) (diffusers' `use_clipped_model_output`,
-        GLIDE's choice). Without it the step pairs the clipped x_0 with the noise of the
-        unclipped one, and under strong guidance x_t drifts towards the complementary colour
-        (a red prompt turns cyan; docs/benchmarks.md measures it). diffusers' default is off.
-        spacing: which `steps` of the training timesteps to visit, `leading` (0, k, 2k, ...;
-        DDIM's and diffusers' default), `trailing` (from T - 1 down, so the first step starts
-        at the noisiest timestep; Lin et al. 2023, Table 2) or `linspace`
-        (`tinygen.diffusion.sampling.inference_timesteps`).
+        labels (n,): the classes of a class-conditional model (or the classes a noisy
+        `classifier` steers an unconditional one towards); `cond`: any other Condition.
+        sampler: a `SamplerConfig`, or its name with the other settings as keywords
+        (`steps`, `eta`, `spacing`, `clip_sample`, `thresholding`, `recompute_eps`; see
+        SamplerConfig for what each does and why).
+        x_start (n, C, H, W) in [-1, 1] and strength in [0, 1]: image-to-image (SDEdit,
+        Meng et al. 2021) -- noise x_start to the timestep `strength` of the way up the chain
+        and denoise from there; strength 0 returns x_start, 1 ignores it.
         """
-        device = next(self.parameters()).device
-        self.check_labels(labels, n)
-        if guidance < 0:
-            raise TinygenError(f"guidance scale must be >= 0, got {guidance}")
-        if steps > self.config.num_train_timesteps:
-            raise TinygenError(
-                f"--steps {steps} exceeds the {self.config.num_train_timesteps} training steps; "
-                f"use at most {self.config.num_train_timesteps}"
-            )
-        if self.config.class_conditional:
-            if labels is None:
-                raise TinygenError("this model is class-conditional; give labels (--label)")
-            labels = labels.to(device)
-            null = torch.full((1,), self.null_label, dtype=torch.long, device=device)
-            model_fn = guidance_lib.classifier_free_guidance(self, labels, null, guidance)
+        if isinstance(sampler, SamplerConfig):
+            if sampler_options:
+                raise TinygenError(
+                    f"give either a SamplerConfig or sampler options, not both "
+                    f"({sorted(sampler_options)})"
+                )
+            config = sampler
         else:
-
-            def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
-                return self(x_t, t)
-
-        extra: dict = {}
-        if classifier is not None and classifier_scale != 0:
-            if labels is None:
-                raise TinygenError("classifier guidance needs labels (--label)")
-            check_classifier_matches(self, classifier)
-            y = labels.to(device)
-            if sampler == "ddpm":
-                extra["mean_shift_fn"] = guidance_lib.classifier_mean_shift(
-                    classifier, y, classifier_scale
-                )
-            else:
-                extra["guidance_fn"] = guidance_lib.classifier_eps_shift(
-                    classifier, y, classifier_scale, self.schedule, self.config.prediction_type
-                )
-        return sample(
-            model_fn,
-            (n, *self.image_shape),
-            schedule=self.schedule,
-            sampler=sampler,
-            num_inference_steps=steps,
-            eta=eta,
-            prediction_type=self.config.prediction_type,
+            known = {"steps", "eta", "spacing", "clip_sample", "thresholding", "recompute_eps"}
+            if unknown := sorted(set(sampler_options) - known):
+                raise TinygenError(f"unknown sampler options {unknown}; known: {sorted(known)}")
+            config = SamplerConfig(sampler=sampler, **sampler_options)
+        self.check_labels(labels, n)
+        if cond is not None and labels is not None:
+            raise TinygenError("give labels or cond, not both")
+        if labels is not None and self.conditioner is not None:
+            cond = self.conditioner(labels)
+        if x_start is not None and tuple(x_start.shape) != (n, *self.image_shape):
+            raise TinygenError(
+                f"the init image has shape {tuple(x_start.shape[1:])} but this model draws "
+                f"{self.image_shape}; resize it to {self.image_shape[1]} px"
+            )
+        return self.denoise(
+            n,
+            cond=cond,
+            guidance=guidance,
+            sampler=config,
             generator=generator,
-            device=device,
-            progress=progress,
+            classifier=classifier,
+            classifier_labels=labels,
+            classifier_scale=classifier_scale,
+            x_start=x_start,
+            strength=strength,
             callback=callback,
-            clip_sample=clip_sample,
-            thresholding=thresholding,
-            sample_max_value=THRESHOLD_MAX,
-            use_clipped_model_output=recompute_eps,  # (ignored by DDPM, which needs no eps)
-            spacing=spacing,
-            **extra,
+            progress=progress,
         ).clamp(-1, 1)
 
 
@@ -314,127 +378,3 @@ def check_classifier_matches(model: DiffusionModel, classifier: nn.Module) -> No
             f"the classifier was trained on schedule {theirs} but the diffusion model uses "
             f"{mine}; train the classifier with the same --schedule"
         )
-
-
-# -- data and the training task ------------------------------------------------------------
-
-
-class ImageData:
-    """Training images (and class labels) for diffusion: the shapes world or a folder.
-
-    `shapes`: `n_train` train-split and `n_val` (default n_train / 10, 64 to 1000)
-    val-split images of the shapes world, drawn once; the label is the (colour, shape)
-    class `combo_index` (48 classes). A folder: its images, the last tenth held out for
-    validation, no labels.
-    """
-
-    def __init__(
-        self,
-        source: str = "shapes",
-        *,
-        image_size: int = 32,
-        n_train: int = 20000,
-        n_val: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.source = source
-        n_val = n_val if n_val is not None else max(64, min(1000, n_train // 10))
-        if source == "shapes":
-            from tinygen.data.shapes import COLORS, SHAPES, ShapesDataset
-
-            self.images, self.labels = {}, {}
-            for split, n in (("train", n_train), ("val", n_val)):
-                data = ShapesDataset(n, split=split, seed=seed, image_size=image_size)
-                self.images[split] = data.images
-                self.labels[split] = data.labels["color"] * len(SHAPES) + data.labels["shape"]
-            self.num_classes = 48
-            self.label_factors = (len(COLORS), len(SHAPES))  # label = colour * 6 + shape
-        else:
-            from tinygen.data.image_folder import ImageFolderDataset
-
-            images = ImageFolderDataset(source, image_size=image_size).images
-            n_val = max(1, len(images) // 10) if len(images) > 1 else 0
-            train = images[: len(images) - n_val] if n_val else images
-            self.images = {
-                "train": train,
-                "val": images[len(images) - n_val :] if n_val else images,
-            }
-            self.labels = None
-            self.num_classes = 0
-            self.label_factors = ()
-
-    def describe(self) -> dict:
-        return {
-            "source": self.source,
-            "n_train": len(self.images["train"]),
-            "n_val": len(self.images["val"]),
-        }
-
-    def draw(
-        self, split: str, batch_size: int, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor | None]:
-        """A random batch (with replacement): images (B, C, H, W) and labels (B,) or None."""
-        images = self.images[split]
-        index = torch.randint(len(images), (batch_size,), generator=generator)
-        labels = self.labels[split][index] if self.labels is not None else None
-        return images[index], labels
-
-
-class DiffusionTask:
-    """The Trainer task of a diffusion model (see tinygen.train.trainer.Task).
-
-    Each batch carries its own t, noise and null-label mask, drawn with the batch generator,
-    so evaluation batches are identical at every evaluation and resume is exact.
-    """
-
-    items_name = "images"
-
-    def __init__(self, model: DiffusionModel, data: ImageData) -> None:
-        if model.config.class_conditional and data.labels is None:
-            raise TinygenError(
-                f"--cond class needs labelled data; {data.source} has none (use --data shapes "
-                "or --cond none)"
-            )
-        self.model, self.data = model, data
-        self.sample_seed = 0
-
-    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict:
-        images, labels = self.data.draw(split, batch_size, generator)
-        batch = {
-            "x0": images,
-            "t": torch.randint(
-                self.model.config.num_train_timesteps, (batch_size,), generator=generator
-            ),
-            "noise": torch.randn(images.shape, generator=generator),
-        }
-        if self.model.config.class_conditional:
-            batch["labels"] = labels
-            batch["drop"] = (
-                torch.rand(batch_size, generator=generator) < self.model.config.cond_drop_prob
-            )
-        return batch
-
-    def loss(self, model: nn.Module, batch: dict) -> Tensor:
-        return self.model.training_loss(
-            batch["x0"],
-            batch["noise"],
-            batch["t"],
-            batch.get("labels"),
-            batch.get("drop"),
-            forward=model,
-        )
-
-    def on_end(self, model: nn.Module, run_dir) -> None:
-        """A grid of 16 DDIM-25 samples (one per class for a class-conditional model)."""
-        from pathlib import Path
-
-        from tinygen.data.image_folder import save_image_grid
-
-        n = 16
-        labels = None
-        if self.model.config.class_conditional:
-            labels = torch.arange(n) * max(1, self.model.config.num_classes // n)
-        gen = torch.Generator().manual_seed(self.sample_seed)
-        steps = min(25, self.model.config.num_train_timesteps)
-        images = model.generate(n, labels=labels, guidance=2.0, steps=steps, generator=gen)
-        save_image_grid(images, Path(run_dir) / "samples.png", nrow=8, scale=4)

@@ -5,21 +5,21 @@ classifier must judge *noisy* images at every timestep. As in ADM, it is the U-N
 encoder half (time embedding, down path, middle) followed by a head: GroupNorm, SiLU,
 global average pooling and a linear layer to the class logits. It is trained with
 cross-entropy on x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps at uniformly drawn t, on the same
-noise schedule as the diffusion model it will guide.
+noise schedule as the diffusion model it will guide (its Trainer task, which draws t and eps
+as the diffusion objective does, is `tinygen.recipes.diffusion.NoisyClassifierTask`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.diffusion.schedule import BETA_SCHEDULES, NoiseSchedule
 from tinygen.errors import TinygenError
-from tinygen.models.diffusion import ImageData
-from tinygen.nn.unet import UNetConfig, UNetEncoder, _groups
+from tinygen.nn.resnet import norm_groups_for
+from tinygen.nn.unet import UNetConfig, UNetEncoder
 
 
 @dataclass
@@ -58,10 +58,12 @@ class NoisyClassifier(nn.Module):
         self.config = config
         # the encoder takes no class labels: the label is what it predicts
         self.encoder = UNetEncoder(
-            UNetConfig(**{**asdict(config.unet), "num_classes": 0, "context_dim": None})
+            UNetConfig(
+                **{**asdict(config.unet), "num_classes": 0, "context_dim": None, "cond_emb_dim": 0}
+            )
         )
         ch = self.encoder.out_channels
-        self.norm = nn.GroupNorm(_groups(ch, config.unet.norm_groups), ch)
+        self.norm = nn.GroupNorm(norm_groups_for(ch, config.unet.norm_groups), ch)
         self.head = nn.Linear(ch, config.num_classes)
         self.schedule = NoiseSchedule(config.beta_schedule, config.num_train_timesteps)
 
@@ -85,53 +87,3 @@ class NoisyClassifier(nn.Module):
         x_t = self.schedule.add_noise(x0, noise, t)
         logits = (forward or self)(x_t, t)
         return F.cross_entropy(logits.float(), labels)
-
-
-class NoisyClassifierTask:
-    """Trainer task: cross-entropy of the class of x_0 given (x_t, t), t uniform."""
-
-    items_name = "images"
-
-    def __init__(self, model: NoisyClassifier, data: ImageData) -> None:
-        if data.labels is None:
-            raise TinygenError(
-                f"a noisy classifier needs labelled data; {data.source} has none "
-                "(use --data shapes)"
-            )
-        if data.num_classes != model.config.num_classes:
-            raise TinygenError(
-                f"the data has {data.num_classes} classes but the classifier "
-                f"{model.config.num_classes}; pass --num-classes {data.num_classes}"
-            )
-        self.model, self.data = model, data
-
-    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict:
-        images, labels = self.data.draw(split, batch_size, generator)
-        t = torch.randint(self.model.config.num_train_timesteps, (batch_size,), generator=generator)
-        return {
-            "x0": images,
-            "labels": labels,
-            "t": t,
-            "noise": torch.randn(images.shape, generator=generator),
-        }
-
-    def loss(self, model: nn.Module, batch: dict) -> Tensor:
-        return self.model.training_loss(
-            batch["x0"], batch["noise"], batch["t"], batch["labels"], forward=model
-        )
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        """Validation accuracy at four noise levels (t = 0, T/4, T/2, 3T/4)."""
-        images, labels = self.data.images["val"][:256], self.data.labels["val"][:256]
-        device = next(model.parameters()).device
-        images, labels = images.to(device), labels.to(device)
-        gen = torch.Generator().manual_seed(step)
-        noise = torch.randn(images.shape, generator=gen).to(device)
-        out = {}
-        steps = model.config.num_train_timesteps
-        for t_value in (0, steps // 4, steps // 2, 3 * steps // 4):
-            t = torch.full((len(images),), t_value, dtype=torch.long, device=device)
-            logits = model(model.schedule.add_noise(images, noise, t), t)
-            out[f"acc_t{t_value}"] = (logits.argmax(-1) == labels).float().mean().item()
-        return out

@@ -1,21 +1,27 @@
-"""A U-Net for diffusion on 16-64 px images (Ho et al. 2020; Dhariwal & Nichol 2021).
+"""A U-Net for diffusion on 16-64 px images or latents (Ho et al. 2020; Dhariwal & Nichol 2021).
 
-The network maps a noisy image x_t and its timestep t (plus, optionally, a class label and
-a sequence of context tokens) to an image-shaped output: the noise, x_0 or v.
+The network maps a noisy input x_t and its timestep t to an output of the same spatial size
+(the noise, x_0 or v). A condition enters by one of two paths (glide-text2im's two paths,
+kept plain):
 
-- Timestep: the sinusoidal embedding of t (Vaswani et al. sec. 3.5, as DDPM) through a
-  two-layer MLP; an optional class embedding is added to it (ADM, "class-conditional").
-- Residual blocks: GroupNorm -> SiLU -> conv, the embedding injected in between, either
-  added as a per-channel bias or as a scale-shift of the second GroupNorm
-  (`GN(h) * (1 + scale) + shift`, ADM's "adaptive group normalisation", sec. 3).
-- Down path: `num_res_blocks` blocks per level, then a stride-2 conv; the up path mirrors
-  it, concatenating the saved activations (skip connections), then nearest-neighbour 2x
-  upsampling + conv.
-- Attention at the chosen resolutions: the feature map is flattened to H*W tokens and goes
-  through the shared `tinygen.nn.attention.Attention` (self), then, when the model has a
-  `context_dim`, cross-attention to the context tokens (latent diffusion, Rombach et al.).
-- The last conv of every residual branch and the output conv start at zero, so the
-  untrained network is the identity on each residual path (ADM's `zero_module`).
+- **The embedding** (an additive vector): the sinusoidal embedding of t (Vaswani et al.
+  sec. 3.5, as DDPM) through a two-layer MLP, plus optionally
+  - class rows (`num_classes`): one embedding per class row, summed over k rows per sample
+    when labels are factored into attributes (ADM's "class-conditional");
+  - a projected conditioning vector (`cond_emb_dim`): `cond_emb` (B, cond_emb_dim) through a
+    linear layer, added to the time embedding -- GLIDE's pooled text feature, unCLIP's CLIP
+    image embedding (Ramesh et al. 2022, sec. 2.1). The projection starts at zero, so a new
+    condition starts as the unconditional model and learns its way in.
+  The embedding reaches every residual block (`tinygen.nn.resnet.ResBlock`).
+- **The token context** (a sequence): `context` (B, S, context_dim) with an optional
+  `context_mask` (B, S), True for real tokens, is the input of the cross-attention in every
+  attention block (`context_dim`; latent diffusion, Rombach et al. 2022, sec. 3.3) -- a
+  caption's token features from a text encoder.
+
+Down path: `num_res_blocks` blocks per level, then a stride-2 conv; the up path mirrors it,
+concatenating the saved activations (skip connections), then nearest-neighbour 2x
+upsampling + conv. Attention at the chosen resolutions and in the middle. The blocks live in
+`tinygen.nn.resnet`.
 
 `UNetEncoder` is the down path + middle on its own: the noisy classifier of classifier
 guidance (Dhariwal & Nichol sec. 4) is this encoder with a pooling head.
@@ -30,8 +36,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
-from tinygen.nn.attention import Attention
 from tinygen.nn.embeddings import sinusoidal_embedding
+from tinygen.nn.resnet import (  # noqa: F401 - ResBlock & co. lived here before nn/resnet.py
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    norm_groups_for,
+    zero_module,
+)
 
 
 @dataclass
@@ -49,6 +62,9 @@ class UNetConfig:
     )
     head_channels: int = field(default=32, metadata={"help": "channels per attention head"})
     num_classes: int = field(default=0, metadata={"help": "class-embedding rows; 0 = none"})
+    cond_emb_dim: int = field(
+        default=0, metadata={"help": "width of an additive conditioning vector; 0 = none"}
+    )
     context_dim: int | None = field(
         default=None, metadata={"help": "width of context tokens for cross-attention"}
     )
@@ -98,110 +114,18 @@ class UNetConfig:
                 raise TinygenError(
                     f"width {ch} is not divisible by head_channels {self.head_channels}"
                 )
+        if self.cond_emb_dim < 0 or self.num_classes < 0:
+            raise TinygenError(
+                f"cond_emb_dim and num_classes must be >= 0 (0 = none), got "
+                f"{self.cond_emb_dim} and {self.num_classes}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise TinygenError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-def _groups(channels: int, max_groups: int) -> int:
-    """The largest group count <= max_groups that divides `channels`."""
-    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
-
-
-def _zero(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
-
-
-class ResBlock(nn.Module):
-    """Residual block with the time(+class) embedding injected between its two convs."""
-
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        emb_dim: int,
-        *,
-        scale_shift: bool,
-        dropout: float,
-        norm_groups: int,
-    ) -> None:
-        super().__init__()
-        self.scale_shift = scale_shift
-        self.norm1 = nn.GroupNorm(_groups(in_ch, norm_groups), in_ch)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
-        self.norm2 = nn.GroupNorm(_groups(out_ch, norm_groups), out_ch)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, C or 2C, 1, 1)
-        if self.scale_shift:
-            scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
-        else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
-
-
-class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions, then optional cross-attention to context."""
-
-    def __init__(
-        self,
-        channels: int,
-        *,
-        head_channels: int,
-        context_dim: int | None,
-        norm_groups: int,
-        dropout: float,
-    ) -> None:
-        super().__init__()
-        n_head = channels // head_channels
-        self.norm = nn.GroupNorm(_groups(channels, norm_groups), channels)
-        self.attn = Attention(channels, n_head, dropout=dropout)
-        _zero(self.attn.out_proj)
-        self.cross_attn = None
-        if context_dim is not None:
-            self.norm_cross = nn.LayerNorm(channels)
-            self.cross_attn = Attention(channels, n_head, context_dim=context_dim, dropout=dropout)
-            _zero(self.cross_attn.out_proj)
-
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
-    ) -> Tensor:
-        b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        out = x.flatten(2).transpose(1, 2) + self.attn(tokens)
-        if self.cross_attn is not None:
-            if context is None:
-                raise TinygenError("this U-Net has cross-attention and needs context tokens")
-            out = out + self.cross_attn(
-                self.norm_cross(out), context, key_padding_mask=context_mask
-            )
-        return out.transpose(1, 2).reshape(b, c, h, w)
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+# the names of the helpers before nn/resnet.py
+_groups = norm_groups_for
+_zero = zero_module
 
 
 class Level(nn.Module):
@@ -229,6 +153,9 @@ class UNetEncoder(nn.Module):
             nn.Linear(c.base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.class_emb = nn.Embedding(c.num_classes, emb_dim) if c.num_classes > 0 else None
+        self.cond_proj = None
+        if c.cond_emb_dim > 0:  # zero at the start: the condition learns its way in
+            self.cond_proj = zero_module(nn.Linear(c.cond_emb_dim, emb_dim))
         self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
         kw = {"scale_shift": c.scale_shift, "dropout": c.dropout, "norm_groups": c.norm_groups}
         akw = {
@@ -259,11 +186,14 @@ class UNetEncoder(nn.Module):
         self.mid_block2 = ResBlock(ch, ch, emb_dim, **kw)
         self.out_channels = ch
 
-    def embed(self, t: Tensor, class_labels: Tensor | None) -> Tensor:
-        """(B,) timesteps (+ labels) -> (B, 4 * base_channels).
+    def embed(
+        self, t: Tensor, class_labels: Tensor | None = None, cond_emb: Tensor | None = None
+    ) -> Tensor:
+        """(B,) timesteps (+ class rows, + a conditioning vector) -> (B, 4 * base_channels).
 
         class_labels is (B,) rows of the class table, or (B, k): k rows per sample whose
         embeddings are summed (one row per attribute, e.g. colour and shape).
+        cond_emb is (B, cond_emb_dim), projected and added.
         """
         emb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels))
         if self.class_emb is not None:
@@ -271,6 +201,20 @@ class UNetEncoder(nn.Module):
                 raise TinygenError("this U-Net is class-conditional and needs class labels")
             label_emb = self.class_emb(class_labels)
             emb = emb + (label_emb.sum(1) if class_labels.dim() == 2 else label_emb)
+        if self.cond_proj is not None:
+            width = self.config.cond_emb_dim
+            if cond_emb is None or cond_emb.shape != (t.shape[0], width):
+                got = None if cond_emb is None else tuple(cond_emb.shape)
+                raise TinygenError(
+                    f"this U-Net takes a conditioning vector cond_emb of shape "
+                    f"({t.shape[0]}, {width}), got {got}"
+                )
+            emb = emb + self.cond_proj(cond_emb.to(emb.dtype))
+        elif cond_emb is not None:
+            raise TinygenError(
+                "this U-Net has no conditioning-vector input (cond_emb_dim=0); build it with "
+                "cond_emb_dim set to the vector's width"
+            )
         return emb
 
     def check_input(self, x: Tensor) -> None:
@@ -294,11 +238,12 @@ class UNetEncoder(nn.Module):
         class_labels: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        cond_emb: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor], Tensor]:
         self.check_input(x)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        emb = self.embed(t, class_labels)
+        emb = self.embed(t, class_labels, cond_emb)
         h = self.conv_in(x)
         skips = [h]
         for i, level in enumerate(self.down):
@@ -317,7 +262,8 @@ class UNetEncoder(nn.Module):
 
 
 class UNet(nn.Module):
-    """x_t (B, C, H, W), t (B,) [, class_labels (B,), context (B, S, D)] -> (B, C_out, H, W)."""
+    """x_t (B, C, H, W), t (B,) [, class_labels (B,) or (B, k), context (B, S, D) with
+    context_mask (B, S), cond_emb (B, E)] -> (B, C_out, H, W)."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -347,8 +293,8 @@ class UNet(nn.Module):
             if i > 0:
                 self.upsamplers.append(Upsample(ch))
                 res *= 2
-        self.norm_out = nn.GroupNorm(_groups(ch, c.norm_groups), ch)
-        self.conv_out = _zero(nn.Conv2d(ch, c.out_channels, 3, padding=1))
+        self.norm_out = nn.GroupNorm(norm_groups_for(ch, c.norm_groups), ch)
+        self.conv_out = zero_module(nn.Conv2d(ch, c.out_channels, 3, padding=1))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -360,9 +306,11 @@ class UNet(nn.Module):
         class_labels: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        cond_emb: Tensor | None = None,
     ) -> Tensor:
-        """context_mask: (B, S) bool, True for real context tokens."""
-        h, skips, emb = self.encoder(x, t, class_labels, context, context_mask)
+        """context: tokens for cross-attention (B, S, context_dim); context_mask: (B, S) bool,
+        True for real context tokens; cond_emb: the additive conditioning vector (B, E)."""
+        h, skips, emb = self.encoder(x, t, class_labels, context, context_mask, cond_emb)
         for i, level in enumerate(self.up):
             for block, attn in zip(level.blocks, level.attns):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)

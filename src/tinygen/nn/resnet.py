@@ -1,0 +1,128 @@
+"""The residual, attention and resampling blocks of convolutional diffusion networks.
+
+Shared by the U-Net (`tinygen.nn.unet`), its encoder half (the noisy classifier of
+classifier guidance) and, soon, the autoencoder of latent diffusion, so each exists once:
+
+- `ResBlock`: GroupNorm -> SiLU -> conv, an embedding (time, plus any condition) injected in
+  between, either added as a per-channel bias or as a scale-shift of the second GroupNorm
+  (`GN(h) * (1 + scale) + shift`, ADM's "adaptive group normalisation", Dhariwal & Nichol
+  2021, sec. 3), then SiLU -> dropout -> a zero-initialised conv, plus the skip path.
+- `AttentionBlock`: the feature map flattened to H*W tokens through the shared
+  `tinygen.nn.attention.Attention` (self-attention), then, with a `context_dim`,
+  cross-attention to context tokens (latent diffusion, Rombach et al. 2022, sec. 3.3).
+- `Downsample` (stride-2 conv) and `Upsample` (nearest 2x + conv), as DDPM.
+- `zero_module`: the last conv of every residual branch starts at zero, so the untrained
+  network is the identity on each residual path.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tinygen.errors import TinygenError
+from tinygen.nn.attention import Attention
+
+
+def norm_groups_for(channels: int, max_groups: int) -> int:
+    """The largest group count <= max_groups that divides `channels`."""
+    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Set every parameter of `module` to zero and return it (ADM's `zero_module`): the last
+    layer of a residual branch starts at zero, so the untrained branch is the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Residual block with the time(+class) embedding injected between its two convs."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        *,
+        scale_shift: bool,
+        dropout: float,
+        norm_groups: int,
+    ) -> None:
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.norm1 = nn.GroupNorm(norm_groups_for(in_ch, norm_groups), in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
+        self.norm2 = nn.GroupNorm(norm_groups_for(out_ch, norm_groups), out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, C or 2C, 1, 1)
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H*W positions, then optional cross-attention to context."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        head_channels: int,
+        context_dim: int | None,
+        norm_groups: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        n_head = channels // head_channels
+        self.norm = nn.GroupNorm(norm_groups_for(channels, norm_groups), channels)
+        self.attn = Attention(channels, n_head, dropout=dropout)
+        zero_module(self.attn.out_proj)
+        self.cross_attn = None
+        if context_dim is not None:
+            self.norm_cross = nn.LayerNorm(channels)
+            self.cross_attn = Attention(channels, n_head, context_dim=context_dim, dropout=dropout)
+            zero_module(self.cross_attn.out_proj)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+    ) -> Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        out = x.flatten(2).transpose(1, 2) + self.attn(tokens)
+        if self.cross_attn is not None:
+            if context is None:
+                raise TinygenError("this U-Net has cross-attention and needs context tokens")
+            out = out + self.cross_attn(
+                self.norm_cross(out), context, key_padding_mask=context_mask
+            )
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
