@@ -65,6 +65,23 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+def config_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """The fields where two saved model configs (JSON dicts, nested) differ, as
+    "field: saved X, now Y". A field the saved config lacks was added to tinygen after the
+    run was saved -- the run was trained with its default -- so it is not a difference (a
+    field that adds weights is still caught when the weights are loaded)."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return [] if saved == now else [f"{prefix}: saved {saved!r}, now {now!r}"]
+    changed = []
+    for key in sorted(saved):
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in now:
+            changed.append(f"{name}: saved {saved[key]!r}, now absent")
+        else:
+            changed += config_differences(saved[key], now[key], name)
+    return changed
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move a tensor, or a tuple/list/dict of tensors, to `device`."""
     if isinstance(batch, Tensor):
@@ -146,13 +163,11 @@ class Trainer:
             return
         saved = json.loads(path.read_text()).get("model")
         now = json.loads(json.dumps(self.run_config["model"]))  # tuples -> lists, as saved
-        if saved is None or saved == now:
+        if saved is None:
             return
-        changed = [
-            f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}"
-            for key in sorted(set(saved) | set(now))
-            if saved.get(key) != now.get(key)
-        ]
+        changed = config_differences(saved, now)
+        if not changed:
+            return
         raise TinygenError(
             f"cannot resume: {self.run_dir} was trained with a different model config "
             f"({'; '.join(changed)}); repeat the original command's flags with --resume"
