@@ -4,63 +4,101 @@ A wrapped layer computes h = W0 x + (alpha / r) * B A dropout(x) (paper eq. 3) w
 frozen, A (r, in) Kaiming-uniform and B (out, r) zero, so training starts from the
 unchanged model. rsLoRA (Kalajdzievski 2023) scales by alpha / sqrt(r) instead.
 
-Adapters are saved in Hugging Face PEFT's on-disk format -- `adapter_config.json` and
-`adapter_model.safetensors` with keys `base_model.model.<module path>.lora_A.weight` -- so
-an adapter trained here loads with `peft.PeftModel.from_pretrained` on the equivalent
-Hugging Face model, and a PEFT adapter loads here with `load_adapter`. A QLoRA adapter
-records how its base was quantised (the `tinygen` field), and `load_adapter` quantises the
-base the same way before attaching it.
+The settings are a `LoraConfig` (PEFT's field names), held by every `LoRALinear` as
+`layer.lora_config`; `apply_lora` changes the user's model only by replacing submodules.
+Adapters are saved in Hugging Face PEFT's on-disk format (`peft_format.py`), so an adapter
+trained here loads with `peft.PeftModel.from_pretrained` on the equivalent Hugging Face
+model, and a PEFT adapter loads here with `load_adapter`. A QLoRA adapter records how its
+base was quantised, and `load_adapter` quantises the base the same way before attaching it.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
-from tinygen.finetune.nf4 import Linear4bit, quantize_model
+from tinygen.finetune.lora_config import LoraConfig, resolve_config
+from tinygen.finetune.nf4 import Linear4bit, quantize_model  # noqa: F401 - old import path
+from tinygen.finetune.peft_format import (  # noqa: F401 - the file names lived here before
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    PEFT_PREFIX,
+    base_quantization,
+    lora_config_from_peft,
+    peft_adapter_config,
+    peft_key,
+    quantize_base_like,
+    read_adapter_config,
+    read_adapter_weights,
+    write_adapter,
+)
+from tinygen.finetune.surgery import (
+    AdapterLayer,
+    has_adapter_layers,
+    replace_module,
+    tied_linear_names,
+)
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
 
-
-class LoRALinear(nn.Module):
+class LoRALinear(AdapterLayer):
     """A frozen linear layer (`nn.Linear` or NF4 `Linear4bit`) plus a trainable low-rank
     update. `merge()` folds the update into the base weight for inference at no extra
-    cost; `unmerge()` takes it out again."""
+    cost; `unmerge()` takes it out again.
+
+    Settings come from `config` or from r / alpha / dropout / use_rslora (defaults 8, 8,
+    0, False: PEFT's), not both; they are kept as `self.lora_config`."""
 
     def __init__(
         self,
         base_layer: nn.Module,
-        r: int = 8,
-        alpha: float = 8.0,
-        dropout: float = 0.0,
+        r: int | None = None,
+        alpha: float | None = None,
+        dropout: float | None = None,
         *,
-        use_rslora: bool = False,
+        use_rslora: bool | None = None,
+        config: LoraConfig | None = None,
     ) -> None:
         super().__init__()
-        if r <= 0:
-            raise TinygenError(f"LoRA rank r must be a positive integer, got {r}")
-        if not 0.0 <= dropout < 1.0:
-            raise TinygenError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        config = resolve_config(
+            config, r=r, lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora
+        )
+        self.lora_config = config
         self.base_layer = base_layer
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
-        self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
-        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
         device = next(iter([*base_layer.parameters(), *base_layer.buffers()])).device
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = (
+            nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        )
+        r = config.r
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device)
         self.merged = False
         self._quantized_base: Linear4bit | None = None  # kept while merged into a float copy
         self.reset_lora_parameters()
+
+    @property
+    def r(self) -> int:
+        return self.lora_config.r
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_config.lora_alpha
+
+    @property
+    def use_rslora(self) -> bool:
+        return self.lora_config.use_rslora
+
+    @property
+    def scaling(self) -> float:
+        """alpha / r, or alpha / sqrt(r) with rsLoRA (see `LoraConfig.scaling`)."""
+        return self.lora_config.scaling
 
     def reset_lora_parameters(self) -> None:
         """A ~ Kaiming-uniform(a=sqrt(5)) as nn.Linear's default, B = 0 (paper sec. 4.1)."""
@@ -155,13 +193,13 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Linear4bit))
 
 
-def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]:
+def find_targets(
+    model: nn.Module, target_modules: str | list[str] | tuple[str, ...] | None
+) -> list[str]:
     """Names of the linear layers `target_modules` selects ("all-linear": every linear
     layer except the output head, as PEFT does)."""
-    from tinygen.finetune.nf4 import _tied_linear_names
-
     if target_modules == "all-linear":
-        excluded = _tied_linear_names(model)
+        excluded = tied_linear_names(model)
         return [
             n
             for n, m in model.named_modules()
@@ -170,7 +208,10 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
             and n.rpartition(".")[2] not in ("lm_head", "output")
         ]
     if not target_modules:
-        raise TinygenError("no LoRA target modules given; pass e.g. --targets qkv_proj,out_proj")
+        raise TinygenError(
+            "no LoRA target modules given; pass target_modules, e.g. ['qkv_proj', 'out_proj'] "
+            "(--targets qkv_proj,out_proj)"
+        )
     names = [n for n, m in model.named_modules() if matches_target(n, target_modules)]
     if isinstance(target_modules, (list, tuple)):
         missing = [t for t in target_modules if not any(matches_target(n, [t]) for n in names)]
@@ -195,53 +236,41 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
 
 def apply_lora(
     model: nn.Module,
-    target_modules: str | list[str],
-    r: int = 8,
-    alpha: float = 8.0,
-    dropout: float = 0.0,
+    target_modules: str | list[str] | None = None,
+    r: int | None = None,
+    alpha: float | None = None,
+    dropout: float | None = None,
     *,
-    use_rslora: bool = False,
+    use_rslora: bool | None = None,
     seed: int | None = None,
+    config: LoraConfig | None = None,
 ) -> LoRAReport:
     """Wrap the selected linear layers of `model` in `LoRALinear` (in place), freeze every
-    other parameter, and report trainable/total parameters. `seed` fixes the A init."""
-    if r <= 0:
-        raise TinygenError(f"LoRA rank r must be a positive integer, got {r}")
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
+    other parameter, and report trainable/total parameters. `seed` fixes the A init.
+
+    Settings come from `config` or from the keywords (defaults r=8, alpha=8, dropout=0),
+    not both; `target_modules` may be given beside a config without targets. Every new
+    layer holds the same config; the model itself gains no attribute."""
+    config = resolve_config(
+        config,
+        target_modules=target_modules,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        use_rslora=use_rslora,
+    )
+    if has_adapter_layers(model):
         raise TinygenError("the model already has LoRA layers; apply_lora once per model")
-    names = find_targets(model, target_modules)
+    names = find_targets(model, config.target_modules)
     model.requires_grad_(False)
-    fork = torch.random.fork_rng() if seed is not None else _nullcontext()
+    fork = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
     with fork:
         if seed is not None:
             torch.manual_seed(seed)
         for name in names:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(
-                parent,
-                child,
-                LoRALinear(getattr(parent, child), r, alpha, dropout, use_rslora=use_rslora),
-            )
-    model.lora_settings = {  # what save_adapter writes into adapter_config.json
-        "r": r,
-        "lora_alpha": alpha,
-        "lora_dropout": dropout,
-        "use_rslora": use_rslora,
-        "target_modules": target_modules
-        if isinstance(target_modules, str)
-        else list(target_modules),
-    }
+            replace_module(model, name, LoRALinear(model.get_submodule(name), config=config))
     trainable, total = count_parameters(model)
     return LoRAReport(names, trainable, total)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -257,8 +286,7 @@ def merge_lora(model: nn.Module, *, unload: bool = False) -> nn.Module:
     for name, layer in layers.items():
         layer.merge()
         if unload:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, layer.base_layer)
+            replace_module(model, name, layer.base_layer)
     return model
 
 
@@ -272,92 +300,38 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The adapter tensors under PEFT's key names."""
     out = {}
     for name, layer in lora_layers(model).items():
-        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous().cpu()
-        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous().cpu()
+        for part in ("lora_A", "lora_B"):
+            out[peft_key(name, part)] = getattr(layer, part).weight.detach().contiguous().cpu()
     return out
 
 
 def save_adapter(
     model: nn.Module, out_dir: str | Path, *, base_model_name_or_path: str | None = None
 ) -> Path:
-    """Write `adapter_config.json` + `adapter_model.safetensors` (PEFT's format) to out_dir."""
-    from safetensors.torch import save_file
-
-    from tinygen.train.checkpoint import atomic_write, write_json
-
+    """Write `adapter_config.json` + `adapter_model.safetensors` (PEFT's format) to out_dir.
+    The config is the one the LoRA layers hold; when they name no common targets (layers
+    built by hand), `target_modules` lists the wrapped layers by their full names."""
     layers = lora_layers(model)
-    settings = getattr(model, "lora_settings", None)
-    if not layers or settings is None:
+    if not layers:
         raise TinygenError("the model has no LoRA adapter to save; call apply_lora first")
     if any(layer.merged for layer in layers.values()):
         raise TinygenError("the adapter is merged into the weights; unmerge_lora before saving")
-    config = {
-        "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": base_model_name_or_path,
-        "r": settings["r"],
-        "lora_alpha": settings["lora_alpha"],
-        "lora_dropout": settings["lora_dropout"],
-        "use_rslora": settings["use_rslora"],
-        "target_modules": settings["target_modules"],
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "use_dora": False,
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "modules_to_save": None,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-    }
-    quantized = [m for m in model.modules() if isinstance(m, Linear4bit)]
-    if quantized:  # QLoRA: the adapter was trained on an NF4 base; rebuild it that way
-        config["tinygen"] = {
-            "base_quantization": {
-                "type": "nf4",
-                "blocksize": quantized[0].blocksize,
-                "double_quant": quantized[0].double_quant,
-                "quantized_modules": [
-                    n.removesuffix(".base_layer")
-                    for n, m in model.named_modules()
-                    if isinstance(m, Linear4bit)
-                ],
-            }
-        }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = adapter_state_dict(model)
-    atomic_write(
-        out_dir / ADAPTER_WEIGHTS_FILE,
-        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-    )
-    write_json(out_dir / ADAPTER_CONFIG_FILE, config)
-    return out_dir
-
-
-def read_adapter_config(adapter_dir: str | Path) -> dict:
-    path = Path(adapter_dir) / ADAPTER_CONFIG_FILE
-    if not path.is_file():
-        raise TinygenError(f"{path} does not exist; pass the directory of a saved LoRA adapter")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TinygenError(f"{path} is not valid JSON ({e}); the adapter is corrupt") from e
-    if config.get("peft_type", "LORA") != "LORA":
-        raise TinygenError(f"{path} is a {config['peft_type']} adapter; only LoRA is supported")
-    unsupported = [k for k in ("use_dora", "fan_in_fan_out") if config.get(k)]
-    unsupported += [
-        k
-        for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "modules_to_save")
-        if config.get(k)
-    ]
-    if unsupported or config.get("bias", "none") != "none":
+    configs = [layer.lora_config for layer in layers.values()]
+    settings = {replace(c, target_modules=None) for c in configs}
+    if len(settings) > 1:
         raise TinygenError(
-            f"{path} uses PEFT options tinygen does not support "
-            f"({unsupported or ['bias']}); retrain with plain LoRA"
+            f"the LoRA layers have {len(settings)} different settings; one "
+            "adapter_config.json holds one config, so wrap the model with one apply_lora call"
         )
-    return config
+    targets = {c.target_modules for c in configs}
+    common = targets.pop() if len(targets) == 1 else None
+    adapter_config = peft_adapter_config(
+        configs[0],
+        common if common is not None else list(layers),
+        base_model_name_or_path=base_model_name_or_path,
+        base_quantization=base_quantization(model),
+    )
+    return write_adapter(out_dir, adapter_config, adapter_state_dict(model))
 
 
 def load_adapter(
@@ -365,46 +339,11 @@ def load_adapter(
 ) -> LoRAReport:
     """Attach the adapter saved in `adapter_dir` (by tinygen or PEFT) to the base `model`,
     in place. A QLoRA adapter first quantises the base to NF4 as it was trained."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    config = read_adapter_config(adapter_dir)
-    weights_path = Path(adapter_dir) / ADAPTER_WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise TinygenError(f"{weights_path} is missing; the adapter directory is incomplete")
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as e:
-        raise TinygenError(f"{weights_path} is corrupt ({e}); save the adapter again") from e
-    quant = (config.get("tinygen") or {}).get("base_quantization")
-    if quant and not any(isinstance(m, Linear4bit) for m in model.modules()):
-        modules = quant.get("quantized_modules")
-        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        missing = sorted(set(modules or []) - set(linear))
-        if missing:
-            raise TinygenError(
-                f"the adapter in {adapter_dir} was trained on a different base "
-                f"(it quantised {missing[:3]}, which this model lacks)"
-            )
-        quantize_model(
-            model,
-            blocksize=quant["blocksize"],
-            double_quant=quant["double_quant"],
-            only=modules,
-        )
-    report = apply_lora(
-        model,
-        config["target_modules"],
-        r=config["r"],
-        alpha=config["lora_alpha"],
-        dropout=config.get("lora_dropout", 0.0),
-        use_rslora=config.get("use_rslora", False),
-    )
-    expected = {k for k in adapter_state_dict(model)}
-    found = {
-        k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
-        for k, v in tensors.items()
-    }
+    adapter_config = read_adapter_config(adapter_dir)
+    found = read_adapter_weights(adapter_dir)
+    quantize_base_like(model, adapter_config, adapter_dir)
+    report = apply_lora(model, config=lora_config_from_peft(adapter_config))
+    expected = set(adapter_state_dict(model))
     if set(found) != expected:
         extra, absent = sorted(set(found) - expected), sorted(expected - set(found))
         raise TinygenError(
@@ -414,7 +353,7 @@ def load_adapter(
         )
     for name, layer in lora_layers(model).items():
         for part in ("lora_A", "lora_B"):
-            value = found[f"{PEFT_PREFIX}{name}.{part}.weight"]
+            value = found[peft_key(name, part)]
             param = getattr(layer, part).weight
             if value.shape != param.shape:
                 raise TinygenError(

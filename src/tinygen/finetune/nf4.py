@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
+from tinygen.finetune.surgery import has_adapter_layers, replace_module, tied_linear_names
 
 # The 16 NF4 levels, bitsandbytes' exact float32 values (QLoRA appendix E).
 NF4_LEVELS = torch.tensor(
@@ -289,18 +290,8 @@ class Linear4bit(nn.Module):
         )
 
 
-def _tied_linear_names(model: nn.Module) -> set[str]:
-    """Names of linear layers whose weight is shared with another module (GPT's lm_head
-    tied to the token embedding): quantising them would silently untie or corrupt both."""
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules():
-        for param in module.parameters(recurse=False):
-            owners.setdefault(id(param), []).append(name)
-    tied: set[str] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and len(owners.get(id(module.weight), [])) > 1:
-            tied.add(name)
-    return tied
+# The old private name (memory.py and older callers import it from here).
+_tied_linear_names = tied_linear_names
 
 
 def quantize_model(
@@ -316,11 +307,9 @@ def quantize_model(
     (or fully matches it as a regex), and always when its weight is tied to another module.
     `only` (exact names) replaces the selection, as loading a QLoRA adapter needs.
     Call before `apply_lora`; the LoRA wrappers then sit on the 4-bit layers."""
-    from tinygen.finetune.lora import LoRALinear  # lora imports this module
-
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
+    if has_adapter_layers(model):
         raise TinygenError("quantize the base model before applying LoRA, not after")
-    tied = _tied_linear_names(model)
+    tied = tied_linear_names(model)
 
     def skipped(name: str) -> bool:
         if only is not None:
@@ -335,12 +324,10 @@ def quantize_model(
         if isinstance(module, nn.Linear) and not skipped(name)
     ]
     for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        linear = getattr(parent, child)
-        setattr(
-            parent,
-            child,
+        linear = model.get_submodule(name)
+        replace_module(
+            model,
+            name,
             Linear4bit.from_linear(linear, blocksize=blocksize, double_quant=double_quant),
         )
     return targets
