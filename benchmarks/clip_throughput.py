@@ -18,10 +18,9 @@ import time
 
 import torch
 
-from tinygen.cli.clip import PRESETS
 from tinygen.data.caption_tokenizer import CaptionTokenizer
 from tinygen.models.clip import CLIP
-from tinygen.models.clip_task import CLIPTask, shapes_pairs
+from tinygen.recipes.clip import PRESETS, CLIPTask, shapes_pairs
 from tinygen.train.optim import make_optimizer
 
 
@@ -52,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_config, train_config = PRESETS[args.preset]
+    model_config, train_config = PRESETS[args.preset].model, PRESETS[args.preset].train
     pairs = shapes_pairs(2048, split="train", seed=0, image_size=model_config.image_size)
     tokenizer = CaptionTokenizer.from_captions(pairs.captions)
     results = {}

@@ -14,8 +14,8 @@ import pytest
 
 from tinygen.cli.main import main
 from tinygen.data.caption_tokenizer import load_caption_tokenizer
-from tinygen.models.clip_task import evaluate_shapes
-from tinygen.train.runs import load_model
+from tinygen.models.runs import load_model
+from tinygen.recipes.clip import evaluate_shapes
 
 
 @pytest.mark.slow

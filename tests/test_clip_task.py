@@ -8,7 +8,7 @@ import torch
 from tinygen.data.caption_tokenizer import CaptionTokenizer
 from tinygen.data.shapes import ATTRIBUTES, parse_prompt
 from tinygen.models.clip import CLIP, CLIPConfig
-from tinygen.models.clip_task import CLIPTask, shapes_pairs, shapes_zero_shot_templates
+from tinygen.recipes.clip import CLIPTask, shapes_pairs, shapes_zero_shot_templates
 
 
 def make_task(variant_prob: float) -> tuple[CLIPTask, object]:
