@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -330,3 +331,48 @@ def test_resume_with_another_schedule_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "beta_schedule: saved 'linear', now 'cosine'" in err
     assert (out / "trainer_state.pt").read_bytes() == before
+
+
+def test_sample_from_an_init_image_at_strength_zero_gives_the_image_back(class_run, tmp_path):
+    """SDEdit: strength 0 runs no step, so every sample is the init image (as 8-bit pixels);
+    strength 0.5 runs half of the steps, as the strip shows."""
+    from tinygen.data.image_folder import save_image_grid
+    from tinygen.data.shapes import generate_shapes
+
+    picture = generate_shapes(1, split="val", seed=3, image_size=16).images
+    init = tmp_path / "red.png"
+    save_image_grid(picture, init, nrow=1, padding=0)
+    common = ["sample", "diffusion", "--run", str(class_run), "--steps", "10", "--n", "2"]
+    common += ["--label", "blue circle", "--init-image", str(init), "--device", "cpu"]
+    out = tmp_path / "same.png"
+    assert main([*common, "--strength", "0", "--out", str(out)]) == 0
+    grid = torch.from_numpy(np.array(Image.open(out))).permute(2, 0, 1)
+    first = grid[:, 2 * 4 : 18 * 4 : 4, 2 * 4 : 18 * 4 : 4]  # the first image, unmagnified
+    expected = ((picture[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    assert torch.equal(first, expected)
+    assert main([*common, "--strength", "0.5", "--out", str(tmp_path / "half.png")]) == 0
+    # 5 of the 10 steps ran: a strip of 5 frames over two rows
+    assert Image.open(tmp_path / "half_strip.png").size == ((5 * 18 + 2) * 4, (2 * 18 + 2) * 4)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strength", "0.5"], "--strength needs --init-image"),
+        (["--init-image", "missing.png"], "does not exist"),
+        (["--init-image", "{txt}"], "not an image"),
+        (["--init-image", "{png}", "--strength", "1.5"], "strength must be in [0, 1]"),
+    ],
+)
+def test_bad_init_image_input_is_one_line_error(class_run, tmp_path, capsys, args, message):
+    txt = tmp_path / "notes.txt"
+    txt.write_text("not a picture")
+    png = tmp_path / "ok.png"
+    Image.new("RGB", (20, 12), "red").save(png)
+    args = [a.format(txt=txt, png=png) for a in args]
+    code = main(
+        ["sample", "diffusion", "--run", str(class_run), "--steps", "4", "--n", "1"]
+        + ["--out", str(tmp_path / "x.png"), "--device", "cpu", *args]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

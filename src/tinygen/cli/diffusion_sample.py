@@ -175,6 +175,8 @@ def sample_diffusion(args: argparse.Namespace) -> int:
         raise TinygenError(f"--n must be positive, got {args.n}")
     if args.strength is not None and args.init_image is None:
         raise TinygenError("--strength needs --init-image (the picture to start from)")
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+        raise TinygenError(f"--strength must be in [0, 1] (0 keeps the image), got {args.strength}")
     sampler = _sampler(args, args.sampler, args.steps)  # bad settings fail before any loading
     model, classifier, device = _load(args)
     uses_labels = model.config.class_conditional or classifier is not None
