@@ -17,13 +17,8 @@ from tinygen.data.shapes import ATTRIBUTES, generate_shapes
 from tinygen.errors import TinygenError
 from tinygen.eval import feature_distance, frechet_distance, load_evaluator, prompt_fidelity
 from tinygen.eval.fidelity import install_evaluator
-from tinygen.models.evaluator import (
-    EvaluatorConfig,
-    EvaluatorTask,
-    ShapesEvaluator,
-    augment,
-    gaussian_blur,
-)
+from tinygen.models.shapes_evaluator import EvaluatorConfig, ShapesEvaluator
+from tinygen.recipes.evaluator import EvaluatorTask, augment, gaussian_blur
 
 
 def test_frechet_distance_matches_scipy_sqrtm():

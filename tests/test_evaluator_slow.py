@@ -7,7 +7,7 @@ import pytest
 
 from tinygen.cli.main import main
 from tinygen.eval import load_evaluator
-from tinygen.models.evaluator import accuracy_under_noise
+from tinygen.recipes.evaluator import accuracy_under_noise
 
 
 @pytest.mark.slow

@@ -9,29 +9,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, interrupted
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, train_config_from_args
 from tinygen.errors import TinygenError
-from tinygen.models.evaluator import EvaluatorConfig
+from tinygen.models.shapes_evaluator import EvaluatorConfig
+from tinygen.recipes.evaluator import PRESETS
 from tinygen.train.config import TrainConfig
-
-# Sized for a 2-core CPU: width 16, batch 64 and 1,200 steps reach 100% on clean test
-# images (a width-16 run of 2,000 steps was at 100% by step 1,000; docs/benchmarks.md).
-EVALUATOR_TRAIN = TrainConfig(
-    max_iters=1200,
-    batch_size=64,
-    learning_rate=2e-3,
-    min_lr=1e-4,
-    warmup_iters=100,
-    weight_decay=0.05,
-    eval_interval=200,
-    eval_iters=8,
-    log_interval=25,
-)
 
 
 def register(commands) -> None:
@@ -96,45 +82,27 @@ def register(commands) -> None:
 
 
 def train_evaluator(args: argparse.Namespace) -> int:
-    import torch
+    from tinygen.recipes.common import interrupted, is_main_process
+    from tinygen.recipes.evaluator import train_evaluator as train
 
-    from tinygen.eval.fidelity import install_evaluator
-    from tinygen.models.evaluator import EvaluatorTask
-    from tinygen.train.trainer import Trainer
-
-    model_config = dataclass_from_args(EvaluatorConfig, args)
-    train_config = dataclass_from_args(TrainConfig, args, EVALUATOR_TRAIN)
-    if args.max_iters is not None and args.lr_decay_iters is None:
-        train_config = dataclasses.replace(train_config, lr_decay_iters=args.max_iters)
-    torch.manual_seed(train_config.seed)
-    task = EvaluatorTask(model_config)
-    run_config = {
-        "model_type": "shapes-evaluator",
-        "model": dataclasses.asdict(model_config),
-        "data": {"world": "shapes", "split": "evaluator", "augment": "noise+blur"},
-    }
-    trainer = Trainer(
-        task,
-        train_config,
+    preset = PRESETS["default"]
+    result, accuracy, installed = train(
+        dataclass_from_args(EvaluatorConfig, args, preset.model),
+        train_config_from_args(args, preset.train),
         args.out,
-        run_config=run_config,
         resume=args.resume,
         progress=not args.no_progress,
+        install=args.install,
     )
-    result = trainer.fit()
     if interrupted(result, args.out):
         return 130
-    if not trainer.dist.is_main:
+    if not is_main_process():
         return 0
-    final = next((row for row in reversed(result.history) if "acc_shape" in row), {})
-    accuracy = ", ".join(f"{k[4:]} {v:.4f}" for k, v in final.items() if k.startswith("acc_"))
-    print(
-        f"done: step {result.step}; clean test accuracy {accuracy} -> {args.out}", file=sys.stderr
-    )
-    if args.install:
-        dest = install_evaluator(args.out)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items())
+    print(f"done: step {result.step}; clean test accuracy {shown} -> {args.out}", file=sys.stderr)
+    if installed is not None:
         print(
-            f"installed to {dest} (tinygen.eval.prompt_fidelity loads it from there)",
+            f"installed to {installed} (tinygen.eval.prompt_fidelity loads it from there)",
             file=sys.stderr,
         )
     return 0
@@ -142,7 +110,7 @@ def train_evaluator(args: argparse.Namespace) -> int:
 
 def eval_evaluator(args: argparse.Namespace) -> int:
     from tinygen.eval.fidelity import load_evaluator
-    from tinygen.models.evaluator import accuracy_under_noise
+    from tinygen.recipes.evaluator import accuracy_under_noise
 
     try:
         sigmas = tuple(float(s) for s in args.noise.split(",") if s.strip())

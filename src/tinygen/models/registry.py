@@ -17,7 +17,7 @@ MODEL_TYPES: dict[str, tuple[str, str, str]] = {
         "NoisyClassifier",
         "NoisyClassifierConfig",
     ),
-    "shapes-evaluator": ("tinygen.models.evaluator", "ShapesEvaluator", "EvaluatorConfig"),
+    "shapes-evaluator": ("tinygen.models.shapes_evaluator", "ShapesEvaluator", "EvaluatorConfig"),
     "seq2seq": ("tinygen.models.seq2seq", "Seq2SeqTransformer", "Seq2SeqConfig"),
     "clip": ("tinygen.models.clip", "CLIP", "CLIPConfig"),
 }
