@@ -29,7 +29,7 @@ def main() -> None:
             f"({plain.nbytes:,} B) | {dq.bits_per_param:.4f} ({dq.nbytes:,} B) |"
         )
     if args.run:
-        from tinygen.train.runs import load_model
+        from tinygen.models.runs import load_model
 
         for double_quant in (False, True):
             model, _ = load_model(args.run)

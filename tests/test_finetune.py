@@ -11,11 +11,11 @@ import torch
 
 from tinygen.cli.main import main
 from tinygen.data.tokenizers import CharTokenizer
-from tinygen.finetune.gpt import FinetuneConfig, finetune_gpt, fixed_val_loss
 from tinygen.finetune.lora import load_adapter
 from tinygen.finetune.nf4 import Linear4bit
-from tinygen.finetune.toy import ToyConfig, run_toy
 from tinygen.models.gpt import GPT, GPTConfig
+from tinygen.recipes.finetune_gpt import FinetuneConfig, finetune_gpt, fixed_val_loss
+from tinygen.recipes.finetune_toy import ToyConfig, run_toy
 from tinygen.train import checkpoint as ckpt
 from tinygen.train.config import TrainConfig
 
@@ -72,8 +72,8 @@ def short_training(**overrides) -> TrainConfig:
 def frozen_base_loss(base_run: Path, text_file: Path, adapter: Path | None) -> float:
     """The fine-tuned model rebuilt from the base run plus the saved adapter."""
     from tinygen.data.corpora import load_corpus, split_train_val
-    from tinygen.data.text import TextTask, encode_corpus
-    from tinygen.train.runs import load_model
+    from tinygen.models.runs import load_model
+    from tinygen.recipes.gpt import TextTask, encode_corpus
 
     model, _ = load_model(base_run)
     if adapter is not None:
@@ -111,7 +111,7 @@ def test_adapter_finetune_lowers_val_loss_and_saves_only_the_adapter(
 
 
 def test_full_finetune_writes_a_loadable_gpt_run(base_run, text_file, tmp_path):
-    from tinygen.train.runs import load_model
+    from tinygen.models.runs import load_model
 
     ft = FinetuneConfig(method="full", data=str(text_file), eval_batches=5)
     result = finetune_gpt(
@@ -226,7 +226,7 @@ def test_toy_lora_recovers_the_rotated_task_with_a_small_share_of_parameters(tmp
 
 
 def test_qlora_layers_are_4bit_after_loading_the_adapter(base_run, text_file, tmp_path):
-    from tinygen.train.runs import load_model
+    from tinygen.models.runs import load_model
 
     ft = FinetuneConfig(method="qlora", r=2, data=str(text_file), eval_batches=2)
     finetune_gpt(base_run, tmp_path, ft, short_training(max_iters=2), progress=False)

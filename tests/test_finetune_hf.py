@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygen.finetune.hf import HFTextTask, finetune_hf
 from tinygen.finetune.lora import LoRALinear, load_adapter
 from tinygen.finetune.nf4 import Linear4bit
+from tinygen.recipes.finetune_hf import HFTextTask, finetune_hf
 from tinygen.train.config import TrainConfig
 
 transformers = pytest.importorskip("transformers")
@@ -75,7 +75,7 @@ def training() -> TrainConfig:
 
 def val_loss(model, llama_dir: Path, data_file: Path) -> float:
     from tinygen.data.corpora import split_train_val
-    from tinygen.finetune.gpt import fixed_val_loss
+    from tinygen.recipes.finetune_gpt import fixed_val_loss
 
     tok = transformers.AutoTokenizer.from_pretrained(llama_dir)
     train, val = split_train_val(data_file.read_text())

@@ -7,15 +7,15 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, train_config_from_args
 from tinygen.errors import TinygenError
 from tinygen.train.config import TrainConfig
 
 
 def register(commands) -> None:
     """Add this family's subcommands to `commands` (see tinygen.cli.main.Commands)."""
-    from tinygen.finetune.gpt import FinetuneConfig
-    from tinygen.finetune.toy import ToyConfig
+    from tinygen.recipes.finetune_gpt import FinetuneConfig
+    from tinygen.recipes.finetune_toy import ToyConfig
 
     finetune = commands.root.add_parser(
         "finetune",
@@ -93,7 +93,7 @@ def _split_targets(targets: str | None) -> str | list[str] | None:
 
 
 def run_toy_command(args: argparse.Namespace) -> int:
-    from tinygen.finetune.toy import ToyConfig, run_toy
+    from tinygen.recipes.finetune_toy import ToyConfig, run_toy
 
     result = run_toy(dataclass_from_args(ToyConfig, args), args.out)
     print(result.summary())
@@ -102,13 +102,11 @@ def run_toy_command(args: argparse.Namespace) -> int:
 
 
 def run_gpt_command(args: argparse.Namespace) -> int:
-    from tinygen.finetune.gpt import FinetuneConfig, default_train_config, finetune_gpt
+    from tinygen.recipes.finetune_gpt import FinetuneConfig, default_train_config, finetune_gpt
 
     ft = dataclass_from_args(FinetuneConfig, args)
     ft.validate()
-    train = dataclass_from_args(TrainConfig, args, default_train_config(ft.method))
-    if args.max_iters is not None and args.lr_decay_iters is None:
-        train = dataclasses.replace(train, lr_decay_iters=args.max_iters)
+    train = train_config_from_args(args, default_train_config(ft.method))
     if args.learning_rate is not None and args.min_lr is None:
         train = dataclasses.replace(train, min_lr=args.learning_rate / 10)
     try:
@@ -131,17 +129,9 @@ def run_gpt_command(args: argparse.Namespace) -> int:
 
 
 def run_hf_command(args: argparse.Namespace) -> int:
-    from tinygen.finetune.hf import finetune_hf
+    from tinygen.recipes.finetune_hf import DEFAULT_TRAIN, finetune_hf
 
-    base = TrainConfig(
-        max_iters=200,
-        batch_size=4,
-        learning_rate=2e-4,
-        warmup_iters=10,
-        eval_interval=50,
-        eval_iters=10,
-    )
-    train = dataclass_from_args(TrainConfig, args, base)
+    train = dataclass_from_args(TrainConfig, args, DEFAULT_TRAIN)
     if args.r <= 0:
         raise TinygenError(f"--r must be a positive integer, got {args.r}")
     result = finetune_hf(
