@@ -10,12 +10,12 @@ its own negative). Pictures and text-to-image search live in `recipes/clip_pictu
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from tinygen.data.image_data import ImageCaptions, split_indices
 from tinygen.errors import TinygenError
 from tinygen.eval.zero_shot import (
     encode_images,
@@ -78,26 +78,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-@dataclass
-class PairSet:
-    """N images (N, C, H, W) in [-1, 1] with their captions.
-
-    variants: optional extra captions per image (N lists of V strings), drawn in training
-    in place of the caption with probability `variant_prob` (see shapes_pairs).
-    """
-
-    images: Tensor
-    captions: list[str]
-    variants: list[list[str]] | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.images) != len(self.captions):
-            raise TinygenError(f"{len(self.images)} images but {len(self.captions)} captions")
-        if len(self.images) == 0:
-            raise TinygenError("the dataset has no image–caption pairs; check --data")
+def PairSet(  # noqa: N802 - the old name of a CLIP training set
+    images: Tensor, captions: list[str], variants: list[list[str]] | None = None
+) -> ImageCaptions:
+    """N images (N, C, H, W) in [-1, 1] with their captions (and optional caption variants):
+    an `ImageCaptions` that must have captions."""
+    return ImageCaptions(images, captions, variants=variants)
 
 
-def shapes_pairs(n: int, *, split: str, seed: int, image_size: int = 32) -> PairSet:
+def shapes_pairs(n: int, *, split: str, seed: int, image_size: int = 32) -> ImageCaptions:
     """`n` single-object shapes images with their (random-template) captions, and three
     partial captions per image: "a red circle", "a large red circle", "a red circle on the
     left". Training on captions that leave attributes out teaches the text tower that a
@@ -109,6 +98,7 @@ def shapes_pairs(n: int, *, split: str, seed: int, image_size: int = 32) -> Pair
         SHAPES,
         SIZES,
         canonical_prompt,
+        combo_labels,
         generate_shapes,
     )
 
@@ -132,7 +122,8 @@ def shapes_pairs(n: int, *, split: str, seed: int, image_size: int = 32) -> Pair
         ]
         for color, shape, size, position in names
     ]
-    return PairSet(batch.images, batch.captions, variants)
+    labels = combo_labels(batch.labels["color"], batch.labels["shape"])
+    return ImageCaptions(batch.images, list(batch.captions), labels, variants)
 
 
 def shapes_zero_shot_templates() -> list[str]:
@@ -164,7 +155,14 @@ def evaluate_shapes(
     t2i_recall@1 (and the rest of retrieval_metrics): `n_test` test images against their
     canonical prompts; a retrieved image counts when its canonical prompt is the query's.
     """
-    from tinygen.data.shapes import COLORS, HELDOUT_COMBOS, SHAPES, generate_shapes
+    from tinygen.data.shapes import (
+        COLORS,
+        HELDOUT_COMBOS,
+        SHAPES,
+        combo_index,
+        combo_labels,
+        generate_shapes,
+    )
 
     was_training = model.training
     model.eval()
@@ -172,18 +170,18 @@ def evaluate_shapes(
     classifier = zero_shot_classifier(
         model, classnames, shapes_zero_shot_templates(), tokenizer=tokenizer
     )
-    heldout_ids = {COLORS.index(c) * len(SHAPES) + SHAPES.index(s) for c, s in HELDOUT_COMBOS}
+    heldout_ids = {combo_index(c, s) for c, s in HELDOUT_COMBOS}
     out: dict[str, float] = {}
 
     test = generate_shapes(n_test, split="test", seed=seed, image_size=image_size)
-    combo = test.labels["color"] * len(SHAPES) + test.labels["shape"]
+    combo = combo_labels(test.labels["color"], test.labels["shape"])
     image_emb = encode_images(model, test.images)
     pred = zero_shot_predict(image_emb, classifier.to(image_emb.device)).cpu()
     seen = torch.tensor([int(c) not in heldout_ids for c in combo])
     out["zero_shot_seen"] = (pred == combo)[seen].float().mean().item()
 
     held = generate_shapes(n_heldout, split="heldout", seed=seed, image_size=image_size)
-    held_combo = held.labels["color"] * len(SHAPES) + held.labels["shape"]
+    held_combo = combo_labels(held.labels["color"], held.labels["shape"])
     held_pred = zero_shot_predict(
         encode_images(model, held.images), classifier.to(image_emb.device)
     ).cpu()
@@ -217,8 +215,8 @@ class CLIPTask:
         self,
         model: nn.Module,
         tokenizer,
-        train: PairSet,
-        val: PairSet,
+        train: ImageCaptions,
+        val: ImageCaptions,
         *,
         shapes_eval: dict | None = None,
         variant_prob: float = 0.5,
@@ -293,7 +291,7 @@ def load_pairs(
     train_size: int = 20000,
     val_size: int = 1000,
     seed: int = 0,
-) -> tuple[PairSet, PairSet, dict]:
+) -> tuple[ImageCaptions, ImageCaptions, dict]:
     """(train pairs, validation pairs, what config.json records) for `data`: "shapes" (the
     built-in world: `train_size` + `val_size` images of `seed`) or a folder of captioned
     images, a seeded tenth of it held out for validation."""
@@ -311,12 +309,10 @@ def load_pairs(
             f"{data} holds {n} captioned image; CLIP needs at least 2 "
             "pairs (a contrastive batch), ideally thousands"
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, n // 10)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    train = PairSet(folder.images[train_idx], [folder.captions[i] for i in train_idx.tolist()])
-    val = PairSet(folder.images[val_idx], [folder.captions[i] for i in val_idx.tolist()])
-    return train, val, {"name": "folder", "path": str(data), "pairs": n, "val": n_val}
+    everything = ImageCaptions(folder.images, list(folder.captions))
+    train_idx, val_idx = split_indices(n, seed)
+    train, val = everything.subset(train_idx), everything.subset(val_idx)
+    return train, val, {"name": "folder", "path": str(data), "pairs": n, "val": len(val)}
 
 
 def new_tokenizer(model_config: CLIPConfig, captions: list[str]):
