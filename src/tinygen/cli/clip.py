@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, train_config_from_args
+from tinygen.cli.common import (
+    add_dataclass_flags,
+    dataclass_from_args,
+    finish_training,
+    train_config_from_args,
+)
 from tinygen.errors import TinygenError
 from tinygen.models.clip import CLIPConfig
 from tinygen.recipes.clip import PRESETS
@@ -79,7 +84,6 @@ def build_configs(args: argparse.Namespace) -> tuple[CLIPConfig, TrainConfig]:
 
 def train_clip(args: argparse.Namespace) -> int:
     from tinygen.recipes.clip import train_clip as train
-    from tinygen.recipes.common import interrupted, is_main_process
 
     model_config, train_config = build_configs(args)
     out = args.out or Path("runs") / "clip"
@@ -94,15 +98,7 @@ def train_clip(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    if interrupted(result, out):
-        return 130
-    if is_main_process():
-        print(
-            f"done: step {result.step}, best val loss {result.best_val_loss:.4f}; pictures "
-            f"in {out}; try: tinygen eval clip --run {out}",
-            file=sys.stderr,
-        )
-    return 0
+    return finish_training(result, out, f"pictures in {out}; try: tinygen eval clip --run {out}")
 
 
 def eval_clip(args: argparse.Namespace) -> int:

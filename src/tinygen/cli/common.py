@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from typing import Any, TypeVar
 
-from tinygen.recipes.common import interrupted  # noqa: F401 - re-exported: its old home
+from tinygen.recipes.common import interrupted, is_main_process
 from tinygen.train.config import TrainConfig
 
 T = TypeVar("T")
@@ -82,3 +83,16 @@ def train_config_from_args(args: argparse.Namespace, base: TrainConfig) -> Train
     if getattr(args, "max_iters", None) is not None and getattr(args, "lr_decay_iters", 1) is None:
         train = dataclasses.replace(train, lr_decay_iters=args.max_iters)
     return train
+
+
+def finish_training(result: Any, out: Any, next_step: str) -> int:
+    """The exit code of a training command and its last line: the resume hint after Ctrl-C
+    (130), else (on rank 0) "done: step N, best val loss L; <next_step>" (0)."""
+    if interrupted(result, out):
+        return 130
+    if is_main_process():
+        print(
+            f"done: step {result.step}, best val loss {result.best_val_loss:.4f}; {next_step}",
+            file=sys.stderr,
+        )
+    return 0

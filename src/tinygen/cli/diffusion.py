@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, interrupted
+from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, finish_training
 from tinygen.nn.unet import UNetConfig
 from tinygen.recipes import diffusion as diffusion_recipes
 from tinygen.recipes.diffusion_sampling import parse_labels  # noqa: F401 - its old home
@@ -107,10 +107,6 @@ def _load_data(args: argparse.Namespace, image_size: int, seed: int):
     return ImageData(args.data, image_size=image_size, n_train=args.n_train, seed=seed)
 
 
-def _announce_done(result, out: Path) -> int:
-    return 130 if interrupted(result, out) else 0
-
-
 def train_diffusion(args: argparse.Namespace) -> int:
     from tinygen.models.diffusion import DiffusionConfig
 
@@ -131,7 +127,7 @@ def train_diffusion(args: argparse.Namespace) -> int:
     result = diffusion_recipes.train_diffusion(
         config, train_config, data, out, resume=args.resume, progress=not args.no_progress
     )
-    return _announce_done(result, out)
+    return finish_training(result, out, f"sample with: tinygen sample diffusion --run {out}")
 
 
 def train_classifier(args: argparse.Namespace) -> int:
@@ -149,4 +145,4 @@ def train_classifier(args: argparse.Namespace) -> int:
     result = diffusion_recipes.train_noisy_classifier(
         config, train_config, data, out, resume=args.resume, progress=not args.no_progress
     )
-    return _announce_done(result, out)
+    return finish_training(result, out, f"guide with: --classifier {out}")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, train_config_from_args
+from tinygen.cli.common import (
+    add_dataclass_flags,
+    dataclass_from_args,
+    finish_training,
+    train_config_from_args,
+)
 from tinygen.models.gpt import GPTConfig
 from tinygen.recipes.gpt import PRESETS
 from tinygen.train.config import TrainConfig
@@ -77,7 +81,6 @@ def build_configs(args: argparse.Namespace) -> tuple[GPTConfig, TrainConfig]:
 
 
 def train_gpt(args: argparse.Namespace) -> int:
-    from tinygen.recipes.common import interrupted, is_main_process
     from tinygen.recipes.gpt import train_gpt as train
 
     model_config, train_config = build_configs(args)
@@ -90,15 +93,7 @@ def train_gpt(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    if interrupted(result, out):
-        return 130
-    if is_main_process():
-        print(
-            f"done: step {result.step}, best val loss {result.best_val_loss:.4f}; sample "
-            f"with: tinygen sample gpt --run {out}",
-            file=sys.stderr,
-        )
-    return 0
+    return finish_training(result, out, f"sample with: tinygen sample gpt --run {out}")
 
 
 def sample_gpt(args: argparse.Namespace) -> int:
