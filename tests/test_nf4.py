@@ -17,40 +17,45 @@ from tinygen.finetune.nf4 import (
 )
 from tinygen.models.gpt import GPT, GPTConfig
 
-bnb_functional = pytest.importorskip("bitsandbytes.functional")
-
 SHAPES = [(64, 128), (33, 7), (1001,), (3, 5, 77)]
+
+
+@pytest.fixture(scope="module")
+def bnb():
+    """bitsandbytes' CPU functions, the reference: only the tests that compare against it
+    skip without it; the tests of NF4's own definition run anyway."""
+    return pytest.importorskip("bitsandbytes.functional")
 
 
 def gaussian(shape, seed=0, dtype=torch.float32) -> torch.Tensor:
     return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype)
 
 
-def test_levels_and_dynamic_map_equal_bitsandbytes():
-    assert torch.equal(NF4_LEVELS, bnb_functional.get_4bit_type("nf4", device="cpu"))
-    assert torch.equal(dynamic_map(), bnb_functional.create_dynamic_map(signed=True))
+def test_levels_and_dynamic_map_equal_bitsandbytes(bnb):
+    assert torch.equal(NF4_LEVELS, bnb.get_4bit_type("nf4", device="cpu"))
+    assert torch.equal(dynamic_map(), bnb.create_dynamic_map(signed=True))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_packed_codes_equal_bitsandbytes_byte_for_byte(shape, dtype):
+def test_packed_codes_equal_bitsandbytes_byte_for_byte(bnb, shape, dtype):
     weight = gaussian(shape, dtype=dtype)
     ours = quantize_nf4(weight, blocksize=64, double_quant=False)
-    packed, state = bnb_functional.quantize_4bit(weight, blocksize=64, quant_type="nf4")
+    packed, state = bnb.quantize_4bit(weight, blocksize=64, quant_type="nf4")
     assert torch.equal(ours.packed, packed.reshape(-1))
     assert torch.equal(ours.absmax, state.absmax)
-    theirs = bnb_functional.dequantize_4bit(packed, state)
+    theirs = bnb.dequantize_4bit(packed, state)
     assert torch.equal(ours.dequantize(dtype), theirs)
 
 
 @pytest.mark.parametrize("shape", [(512, 256), (77, 129)])
-def test_double_quantisation_matches_bitsandbytes(shape):
+def test_double_quantisation_matches_bitsandbytes(bnb, shape):
     """Same 4-bit codes, offset and second-level scales; the 8-bit absmax codes agree
     except a few near-ties that bitsandbytes' CPU kernel rounds to the neighbouring code,
     and where they agree the dequantised weights are identical."""
     weight = gaussian(shape, seed=1)
     ours = quantize_nf4(weight, blocksize=64, double_quant=True)
-    packed, state = bnb_functional.quantize_4bit(
+    packed, state = bnb.quantize_4bit(
         weight, blocksize=64, quant_type="nf4", compress_statistics=True
     )
     assert torch.equal(ours.packed, packed.reshape(-1))
@@ -58,7 +63,7 @@ def test_double_quantisation_matches_bitsandbytes(shape):
     assert torch.equal(ours.absmax_scale, state.state2.absmax)
     diff = ours.absmax.int() - state.absmax.int()
     assert diff.abs().max() <= 1 and (diff != 0).float().mean() < 0.02
-    theirs = bnb_functional.dequantize_4bit(packed, state).reshape(-1)
+    theirs = bnb.dequantize_4bit(packed, state).reshape(-1)
     agree = (diff == 0).repeat_interleave(64)[: weight.numel()]
     assert torch.equal(ours.dequantize().reshape(-1)[agree], theirs[agree])
     block_max = ours.block_absmax().repeat_interleave(64)[: weight.numel()]
