@@ -4,13 +4,13 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 from tinygen.cli.main import main
+from torchrun_cmd import torchrun
 
 TINY = [
     "--n-layer",
@@ -49,10 +49,6 @@ def trained_run(tmp_path_factory, corpus_file):
     )
     assert code == 0
     return out
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tinygen", *args], capture_output=True, text=True)
 
 
 def test_train_writes_a_complete_run_directory(trained_run):
@@ -117,75 +113,77 @@ def test_sample_with_and_without_cache_agree(trained_run, capsys):
     assert outs[0] == outs[1]
 
 
-def one_line_error(result):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tinygen: error:")
-    return lines[0]
+@pytest.fixture
+def one_line_error(capsys, monkeypatch, tmp_path):
+    """Run `tinygen ARGS...` in this process (a fresh interpreter per error costs seconds)
+    and return its error: exit status 2 (a TinygenError) and exactly one line on stderr."""
+    monkeypatch.chdir(tmp_path)  # anything written to a default path lands here
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        code = main(list(args))
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2, err
+        assert len(lines) == 1, err
+        assert lines[0].startswith("tinygen: error:")
+        return lines[0]
+
+    return run
 
 
-def test_missing_data_file_is_one_clear_line(tmp_path):
+def test_missing_data_file_is_one_clear_line(tmp_path, one_line_error):
     line = one_line_error(
-        run_cli("train", "gpt", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r"))
+        "train", "gpt", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r")
     )
     assert "nope.txt" in line
 
 
-def test_empty_data_file_is_one_clear_line(tmp_path):
+def test_empty_data_file_is_one_clear_line(tmp_path, one_line_error):
     (tmp_path / "empty.txt").write_text("")
     line = one_line_error(
-        run_cli("train", "gpt", "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "r"))
+        "train", "gpt", "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "r")
     )
     assert "empty" in line
 
 
-def test_prompt_with_unknown_characters_is_one_clear_line(trained_run):
-    line = one_line_error(run_cli("sample", "gpt", "--run", str(trained_run), "--prompt", "日本"))
+def test_prompt_with_unknown_characters_is_one_clear_line(trained_run, one_line_error):
+    line = one_line_error("sample", "gpt", "--run", str(trained_run), "--prompt", "日本")
     assert "'日'" in line and "'本'" in line
 
 
-def test_run_directory_without_checkpoint_is_one_clear_line(tmp_path, trained_run):
+def test_run_directory_without_checkpoint_is_one_clear_line(tmp_path, trained_run, one_line_error):
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(trained_run / "config.json", bare / "config.json")
-    line = one_line_error(run_cli("sample", "gpt", "--run", str(bare)))
+    line = one_line_error("sample", "gpt", "--run", str(bare))
     assert "no checkpoint" in line
 
 
-def test_missing_run_directory_is_one_clear_line(tmp_path):
-    line = one_line_error(run_cli("sample", "gpt", "--run", str(tmp_path / "missing")))
+def test_missing_run_directory_is_one_clear_line(tmp_path, one_line_error):
+    line = one_line_error("sample", "gpt", "--run", str(tmp_path / "missing"))
     assert "does not exist" in line
 
 
-def test_config_that_does_not_fit_is_one_clear_line(tmp_path, corpus_file):
+def test_config_that_does_not_fit_is_one_clear_line(tmp_path, corpus_file, one_line_error):
     line = one_line_error(
-        run_cli(
-            "train",
-            "gpt",
-            "--data",
-            str(corpus_file),
-            "--n-embd",
-            "30",
-            "--n-head",
-            "4",
-            "--out",
-            str(tmp_path / "r"),
-        )
+        "train",
+        "gpt",
+        "--data",
+        str(corpus_file),
+        "--n-embd",
+        "30",
+        "--n-head",
+        "4",
+        "--out",
+        str(tmp_path / "r"),
     )
     assert "divisible" in line
 
 
-def torchrun_train_gpt(corpus_file, out, port: int, *flags: str) -> list[str]:
+def torchrun_train_gpt(corpus_file, out, *flags: str) -> list[str]:
     """The command line of a tiny two-process `tinygen train gpt` under torchrun."""
-    torchrun = shutil.which("torchrun")
-    assert torchrun, "torchrun ships with torch"
-    return [
-        torchrun,
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
+    return torchrun(
         "-m",
         "tinygen",
         "train",
@@ -196,7 +194,7 @@ def torchrun_train_gpt(corpus_file, out, port: int, *flags: str) -> list[str]:
         str(out),
         *flags,
         *TINY,
-    ]
+    )
 
 
 def test_torchrun_two_process_ddp_trains(tmp_path, corpus_file):
@@ -204,11 +202,10 @@ def test_torchrun_two_process_ddp_trains(tmp_path, corpus_file):
     command = torchrun_train_gpt(
         corpus_file,
         out,
-        29512,
         "--max-iters",
-        "40",
+        "80",
         "--eval-interval",
-        "20",
+        "40",
         "--learning-rate",
         "3e-3",
     )
@@ -218,6 +215,8 @@ def test_torchrun_two_process_ddp_trains(tmp_path, corpus_file):
     assert config["world_size"] == 2
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r["train_loss"] for r in rows if "train_loss" in r]
+    # the shipped corpus, 80 steps: 4.12 -> 2.99 (seeds 1, 2: drops 1.06, 1.12); 40 steps
+    # reached only 3.63, a drop of 0.49
     assert train[-1] < train[0] - 0.5
     assert sum("val_loss" in r for r in rows) == 2  # only rank 0 writes
 
@@ -240,7 +239,6 @@ def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path, corpus_file):
     command = torchrun_train_gpt(
         corpus_file,
         out,
-        29513,
         "--max-iters",
         "3000",
         "--eval-interval",

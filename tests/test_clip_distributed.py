@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 
 import torch
 
 from tinygen.models.clip import clip_loss
+from torchrun_cmd import torchrun
 
 WORKER = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
@@ -36,16 +36,7 @@ def test_gathered_loss_and_gradients_match_single_process(tmp_path):
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(tmp_path),
-        ],
+        torchrun(str(script), str(tmp_path)),
         check=True,
         env=env,
         timeout=120,
