@@ -183,15 +183,16 @@ def test_sigkill_during_training_resumes_the_same_curve(tmp_path, corpus_file):
 
 
 def test_short_training_run_beats_unigram_entropy(tmp_path, text):
-    """200 steps of a tiny GPT must predict characters far better than their frequencies."""
+    """300 steps of a tiny GPT must predict characters far better than their frequencies
+    (on the shipped Shakespeare: val 2.4 against a unigram entropy of 3.3)."""
     task, run_config = make_task(text, dropout=0.0, block_size=64)
     counts = torch.bincount(task.data["val"], minlength=task.model.config.vocab_size).float()
     p = counts[counts > 0] / counts.sum()
     unigram_entropy = -(p * p.log()).sum().item()  # ~3.3 nats for Shakespeare
     cfg = train_config(
-        max_iters=200,
-        lr_decay_iters=200,
-        eval_interval=200,
+        max_iters=300,
+        lr_decay_iters=300,
+        eval_interval=300,
         eval_iters=20,
         batch_size=16,
         learning_rate=3e-3,
@@ -213,12 +214,14 @@ def test_bf16_precision_on_cpu_trains_close_to_fp32(tmp_path, text):
     curves = {}
     for precision in ("fp32", "bf16"):
         task, run_config = make_task(text, dropout=0.0)
-        config = train_config(precision=precision, device="cpu")
+        config = train_config(
+            precision=precision, device="cpu", learning_rate=3e-3, max_iters=80, lr_decay_iters=80
+        )
         Trainer(task, config, tmp_path / precision, run_config=run_config, progress=False).fit()
         curves[precision] = [r for r in losses(tmp_path / precision) if r[2] is not None]
     for (_, _, fp32), (_, _, bf16) in zip(curves["fp32"], curves["bf16"], strict=True):
         assert abs(fp32 - bf16) < 0.05 * fp32
-    assert curves["bf16"][-1][2] < curves["bf16"][0][2] - 0.3
+    assert curves["bf16"][-1][2] < curves["bf16"][0][2] - 0.3  # measured: 3.63 -> 2.95
 
 
 def test_unknown_precision_is_a_clear_error():

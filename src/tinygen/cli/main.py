@@ -60,18 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    code = 1
     try:
-        code = args.func(args)
+        code = int(args.func(args) or 0)
     except TinygenError as e:
         print(f"tinygen: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("tinygen: interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except BrokenPipeError:  # output piped into `head` & co.: stop quietly, as cat does
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay open until exit
-        return 0
-    return int(code or 0)
+        code = 0
+    finally:
+        from tinygen.train.distributed import shutdown_distributed
+
+        shutdown_distributed(clean=code == 0)
+    return code
 
 
 if __name__ == "__main__":
