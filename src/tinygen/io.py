@@ -39,8 +39,19 @@ STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 
 
+def _file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` then rename the temporary file onto `path` atomically."""
+    """Call `write(tmp_path)` then rename the temporary file onto `path` atomically.
+
+    The file gets the user's normal permissions (the umask's), not mkstemp's private 0600,
+    so a run directory shared with a group or a container stays readable.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -49,6 +60,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

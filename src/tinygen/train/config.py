@@ -33,6 +33,10 @@ class TrainConfig:
         default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16"}
     )
     ema_decay: float = field(default=0.0, metadata={"help": "EMA of weights; 0 disables"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace a run already in --out (its weights, config and metrics)"},
+    )
 
     def validate(self) -> None:
         positive = (

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +65,32 @@ class TrainResult:
     last_val_loss: float | None
     interrupted: bool = False
     history: list[dict] = field(default_factory=list)
+
+
+RUN_FILES = (
+    ckpt.CONFIG_FILE,
+    ckpt.MODEL_FILE,
+    ckpt.BEST_FILE,
+    ckpt.EMA_FILE,
+    ckpt.STATE_FILE,
+    ckpt.METRICS_FILE,
+)
+
+
+def check_run_directory(run_dir: Path) -> None:
+    """--out must be a directory that can be created and written: one clear error for a
+    regular file, a read-only directory or a parent that cannot hold it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TinygenError(f"--out {run_dir} is a file, not a directory; pass a directory path")
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TinygenError(f"--out {run_dir}: {existing} is a file; pass a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TinygenError(
+            f"--out {run_dir}: {existing} is not writable; pass a directory you can write to"
+        )
 
 
 def config_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
@@ -143,13 +171,19 @@ class Trainer:
     # -- run directory -------------------------------------------------------------------
 
     def _start_fresh_run(self) -> None:
-        if (self.run_dir / ckpt.STATE_FILE).exists():
+        """Start a new run in run_dir, which must not hold one unless `overwrite` is set:
+        any of a run's files (config, weights, trainer state, metrics) counts, so a finished
+        run whose trainer state was deleted is not trained over either."""
+        check_run_directory(self.run_dir)
+        found = [name for name in RUN_FILES if (self.run_dir / name).exists()]
+        if found and not self.config.overwrite:
             raise TinygenError(
-                f"{self.run_dir} already holds a run; add --resume to continue it or pass "
-                "another --out"
+                f"{self.run_dir} already holds a run ({', '.join(found)}); add --resume to "
+                "continue it, --overwrite to replace it, or pass another --out"
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / ckpt.METRICS_FILE).unlink(missing_ok=True)
+        for name in found:  # --overwrite: nothing of the old run may pass for the new one's
+            (self.run_dir / name).unlink()
         ckpt.write_json(self.run_dir / ckpt.CONFIG_FILE, self._full_config())
 
     def _full_config(self) -> dict:
@@ -269,7 +303,7 @@ class Trainer:
             )
         self.model.train()
         interrupted = False
-        t_last = time.perf_counter()
+        t_last, step_last = time.perf_counter(), self.step
         try:
             while self.step < cfg.max_iters:
                 lr = get_lr(self.step, cfg)
@@ -285,9 +319,8 @@ class Trainer:
                             f"the loss became {loss_value} at step {self.step}; lower "
                             "--learning-rate or raise --warmup-iters"
                         )
-                    steps = cfg.log_interval if self.step % cfg.log_interval == 0 else 1
-                    rate = items * steps / max(now - t_last, 1e-9)
-                    t_last = now
+                    rate = items * (self.step - step_last) / max(now - t_last, 1e-9)
+                    t_last, step_last = now, self.step
                     row = {
                         "step": self.step,
                         "train_loss": loss_value,
@@ -304,6 +337,8 @@ class Trainer:
                     bar.update(1)
                 if self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters:
                     last_val = self._evaluate(history)
+                    # the throughput of the next log leaves the evaluation's time out
+                    t_last, step_last = time.perf_counter(), self.step
         except KeyboardInterrupt:
             interrupted = True
             self.save_checkpoint()
@@ -311,15 +346,26 @@ class Trainer:
             if bar is not None:
                 bar.close()
         if self.dist.is_main and not interrupted:
-            plot_loss(
-                self.run_dir / ckpt.METRICS_FILE,
-                self.run_dir / "loss.png",
-                title=self.run_config.get("model_type", ""),
-            )
-            on_end = getattr(self.task, "on_end", None)
-            if on_end is not None:
-                on_end(self.ema.model if self.ema is not None else self.model, self.run_dir)
+            try:
+                self._draw_end_pictures()
+            except KeyboardInterrupt:
+                print(
+                    f"interrupted while drawing the end-of-run pictures: training had finished "
+                    f"(step {self.step}) and {self.run_dir} holds the finished run; nothing "
+                    "to resume",
+                    file=sys.stderr,
+                )
         return TrainResult(self.step, self.best_val, last_val, interrupted, history)
+
+    def _draw_end_pictures(self) -> None:
+        plot_loss(
+            self.run_dir / ckpt.METRICS_FILE,
+            self.run_dir / "loss.png",
+            title=self.run_config.get("model_type", ""),
+        )
+        on_end = getattr(self.task, "on_end", None)
+        if on_end is not None:
+            on_end(self.ema.model if self.ema is not None else self.model, self.run_dir)
 
     def _train_step(self) -> Tensor:
         cfg = self.config

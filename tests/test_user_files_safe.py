@@ -1,0 +1,163 @@
+"""Nothing a user saved is lost or silently replaced: a run directory that holds any part of
+a run is refused without --resume or --overwrite; --out that cannot be a run directory is
+one clear line; files get the user's permissions; Ctrl-C while the end-of-run pictures are
+drawn says the run had finished; the logged throughput counts the steps it covers."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import types
+
+import pytest
+import torch
+
+from tinygen import io
+from tinygen.cli.main import main
+from tinygen.errors import TinygenError
+from tinygen.train import trainer as trainer_module
+from tinygen.train.config import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_GPT = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16"]
+TINY_GPT += ["--max-iters", "4", "--eval-interval", "4", "--eval-iters", "1"]
+TINY_GPT += ["--batch-size", "4", "--device", "cpu", "--no-progress"]
+
+
+def train_gpt(out, *extra: str) -> int:
+    return main(["train", "gpt", "--data", "sonnets", "--out", str(out), *TINY_GPT, *extra])
+
+
+def test_a_finished_run_without_its_trainer_state_is_not_trained_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_gpt(out) == 0
+    (out / io.STATE_FILE).unlink()  # the old guard looked only at this file
+    weights = (out / io.MODEL_FILE).read_bytes()
+    metrics = (out / io.METRICS_FILE).read_text()
+    capsys.readouterr()
+    assert train_gpt(out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run" in err and "--overwrite" in err and "--resume" in err
+    assert len(err.splitlines()) == 1
+    assert (out / io.MODEL_FILE).read_bytes() == weights
+    assert (out / io.METRICS_FILE).read_text() == metrics
+
+
+def test_overwrite_replaces_the_run_and_leaves_nothing_of_the_old_one(tmp_path):
+    out = tmp_path / "run"
+    assert train_gpt(out, "--ema-decay", "0.9") == 0
+    assert (out / io.EMA_FILE).is_file()
+    assert train_gpt(out, "--overwrite") == 0
+    assert not (out / io.EMA_FILE).exists()  # the new run has no EMA: no stale one remains
+    lines = (out / io.METRICS_FILE).read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps == sorted(steps)  # one run's metrics, not two appended
+
+
+def test_out_that_is_a_file_is_one_clear_line(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    assert train_gpt(path) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file, not a directory" in err and len(err.splitlines()) == 1
+    assert path.read_text() == "mine"
+    assert train_gpt(path / "run") == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only directory")
+def test_out_under_a_read_only_directory_is_one_clear_line(tmp_path, capsys):
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        assert train_gpt(parent / "run") == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        parent.chmod(0o700)
+
+
+def test_the_writability_check_is_the_one_the_trainer_uses(tmp_path, monkeypatch):
+    """Also as root: with os.access saying no, the trainer refuses before writing."""
+    monkeypatch.setattr(trainer_module.os, "access", lambda path, mode: False)
+    with pytest.raises(TinygenError, match="not writable"):
+        trainer_module.check_run_directory(tmp_path / "new")
+
+
+def test_files_get_the_users_permissions_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        io.write_json(tmp_path / "a.json", {"x": 1})
+        io.save_weights(torch.nn.Linear(2, 2), tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    for name in ("a.json", "w.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+class _Clock:
+    """perf_counter that advances by one second per call, and the real time()."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.time = trainer_module.time.time
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def _tiny_task():
+    from tinygen.data.text import TextTask, encode_corpus
+    from tinygen.data.tokenizers import CharTokenizer
+    from tinygen.models.gpt import GPT, GPTConfig
+
+    text = "to be or not to be, that is the question " * 40
+    tok = CharTokenizer.from_text(text)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    data = encode_corpus(text, tok)
+    return TextTask(model, data, data, 8), {"model_type": "gpt", "model": model.config.__dict__}
+
+
+def test_throughput_counts_the_steps_since_the_last_log_and_not_the_evaluation(
+    tmp_path, monkeypatch
+):
+    """With a clock of one second per reading: logs every 4 steps to step 7 (the last log
+    covers 3 steps, not 1), and an evaluation at step 4 whose time the next log leaves out."""
+    clock = _Clock()
+    fake_time = types.SimpleNamespace(perf_counter=clock.perf_counter, time=clock.time)
+    monkeypatch.setattr(trainer_module, "time", fake_time)
+    task, run_config = _tiny_task()
+    config = TrainConfig(
+        max_iters=7, batch_size=2, log_interval=4, eval_interval=4, eval_iters=1,
+        warmup_iters=0, device="cpu",
+    )  # fmt: skip
+    result = trainer_module.Trainer(
+        task, config, tmp_path / "r", run_config=run_config, progress=False
+    ).fit()
+    rates = {r["step"]: r["tokens_per_s"] for r in result.history if "tokens_per_s" in r}
+    per_step = 2 * 8  # batch x block tokens
+    # readings: start 1; log@4 at 2 -> 4 steps / 1 s; after the eval 3; log@7 at 4 -> 3 steps
+    assert rates == {4: 4 * per_step, 7: 3 * per_step}
+
+
+def test_ctrl_c_while_the_pictures_are_drawn_says_the_run_had_finished(tmp_path, capsys):
+    task, run_config = _tiny_task()
+
+    def on_end(model, run_dir):
+        raise KeyboardInterrupt
+
+    task.on_end = on_end
+    config = TrainConfig(
+        max_iters=2, batch_size=2, log_interval=1, eval_interval=2, eval_iters=1, device="cpu"
+    )
+    result = trainer_module.Trainer(
+        task, config, tmp_path / "r", run_config=run_config, progress=False
+    ).fit()
+    err = capsys.readouterr().err
+    assert not result.interrupted and result.step == 2
+    assert "training had finished" in err and "nothing to resume" in err
+    assert (tmp_path / "r" / io.STATE_FILE).is_file()
