@@ -161,3 +161,54 @@ def test_ctrl_c_while_the_pictures_are_drawn_says_the_run_had_finished(tmp_path,
     assert not result.interrupted and result.step == 2
     assert "training had finished" in err and "nothing to resume" in err
     assert (tmp_path / "r" / io.STATE_FILE).is_file()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny GPT run, a tiny CLIP run and a LoRA adapter of the GPT run."""
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        torch.set_num_threads(1)
+        mp.chdir(root)
+        assert train_gpt(root / "gpt") == 0
+        clip = ["train", "clip", "--preset", "tiny", "--max-iters", "2", "--eval-interval", "2"]
+        clip += [
+            "--eval-iters",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(root / "clip"),
+        ]
+        assert main(clip) == 0
+        adapter = ["finetune", "gpt", "--base", str(root / "gpt"), "--method", "lora"]
+        adapter += ["--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"]
+        adapter += ["--device", "cpu", "--no-progress", "--out", str(root / "adapter")]
+        assert main(adapter) == 0
+    return root
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "gpt", "--resume", "--out", "{clip}"], "holds a clip run, not a gpt one"),
+        (["train", "clip", "--resume", "--out", "{gpt}"], "holds a gpt run, not a clip one"),
+        (["train", "seq2seq", "--resume", "--out", "{gpt}"], "holds a gpt run, not a seq2seq"),
+        (["train", "gpt", "--resume", "--out", "{empty}"], "holds no run"),
+        (["sample", "gpt", "--run", "{adapter}", "--max-new-tokens", "2"], "is a LoRA adapter"),
+        (["finetune", "gpt", "--base", "{adapter}", "--out", "{empty}"], "LoRA adapter"),
+        (["memory", "--model", "{adapter}"], "LoRA adapter"),
+    ],
+)
+def test_a_run_of_the_wrong_kind_is_named_with_the_fix(runs, tmp_path, capsys, argv, message):
+    paths = {name: runs / name for name in ("gpt", "clip", "adapter")}
+    argv = [a.format(**paths, empty=tmp_path / "empty") for a in argv]
+    clip_tokenizer = (runs / "clip" / "tokenizer.json").read_bytes()
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "corrupt" not in err  # the old advice: "retrain the run"
+    assert (runs / "clip" / "tokenizer.json").read_bytes() == clip_tokenizer

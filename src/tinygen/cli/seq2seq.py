@@ -136,12 +136,12 @@ def train_seq2seq(args: argparse.Namespace) -> int:
     vocabularies, and its saved model config is the base the model flags change (the
     trainer refuses a change)."""
     from tinygen.data.translation import TaskSpec, TranslationData
-    from tinygen.models.runs import load_run_config
+    from tinygen.models.runs import load_resumable_config
     from tinygen.recipes.common import interrupted
     from tinygen.recipes.seq2seq import saved_data, train_seq2seq
 
     if args.resume:
-        saved = load_run_config(args.out)
+        saved = load_resumable_config(args.out, "seq2seq")
         data = saved_data(saved)
         base = Seq2SeqConfig(**filter_fields(Seq2SeqConfig, saved["model"]))
     else:

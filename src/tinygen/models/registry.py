@@ -25,6 +25,11 @@ MODEL_TYPES: dict[str, tuple[str, str, str]] = {
 
 def build_model(model_type: str, model_config: dict[str, Any]) -> Any:
     """Instantiate the model named by `model_type` from its saved config dict."""
+    if model_type in ("lora-adapter", "hf-lora-adapter"):
+        raise TinygenError(
+            "this run is a LoRA adapter, which holds no whole model; pass its base model's "
+            "run (with --run, --base or --model) and the adapter with --adapter"
+        )
     if model_type not in MODEL_TYPES:
         raise TinygenError(
             f"unknown model_type {model_type!r} in config.json; known: {sorted(MODEL_TYPES)}"

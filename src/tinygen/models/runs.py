@@ -28,6 +28,29 @@ TRAIN_COMMANDS: dict[str, str] = {
 }
 
 
+ADAPTER_TYPES = ("lora-adapter", "hf-lora-adapter")  # adapter runs: weights of no whole model
+
+
+def load_resumable_config(run_dir: str | Path, model_type: str) -> dict[str, Any]:
+    """The config.json of a run that `--resume` is about to continue, checked to be a run of
+    the kind the command trains (before any of its files -- tokenizer, vocabularies -- is
+    read as if it were): "cannot resume runs/x: it holds a clip run, not a gpt one"."""
+    run_dir = Path(run_dir)
+    if not (run_dir / io.CONFIG_FILE).is_file():
+        raise TinygenError(
+            f"cannot resume {run_dir}: it holds no run ({io.CONFIG_FILE} is missing); start "
+            "without --resume"
+        )
+    config = load_run_config(run_dir)
+    if config["model_type"] != model_type:
+        raise TinygenError(
+            f"cannot resume {run_dir}: it holds a {config['model_type']} run, not a "
+            f"{model_type} one; pass the --out of a {model_type} run, or drop --resume and "
+            "choose a new --out"
+        )
+    return config
+
+
 def load_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's config.json, checked to be a tinygen run config (model_type + model)."""
     run_dir = Path(run_dir)
@@ -48,6 +71,11 @@ def check_model_type(run_dir: str | Path, model_type: str, expect: str | tuple[s
     kinds = (expect,) if isinstance(expect, str) else tuple(expect)
     if model_type in kinds:
         return
+    if model_type in ADAPTER_TYPES:
+        raise TinygenError(
+            f"{run_dir} is a LoRA adapter, not a {' or '.join(kinds)} run; pass its base "
+            "model's run with --run (or --base) and the adapter with --adapter"
+        )
     commands = " or ".join(f"`{TRAIN_COMMANDS.get(k, f'tinygen train {k}')}`" for k in kinds)
     raise TinygenError(
         f"{run_dir} holds a {model_type} model, not a {' or '.join(kinds)} one; "

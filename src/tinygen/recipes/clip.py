@@ -343,6 +343,7 @@ def train_clip(
     model, the shapes world is scored at every evaluation, pictures are drawn at the end."""
     from tinygen.data.caption_tokenizer import load_caption_tokenizer
     from tinygen.models.clip import CLIP
+    from tinygen.models.runs import load_resumable_config
 
     out = Path(out)
     train, val, described = load_pairs(
@@ -352,6 +353,8 @@ def train_clip(
         val_size=val_size,
         seed=data_seed,
     )
+    if resume:
+        load_resumable_config(out, "clip")
     tokenizer = (
         load_caption_tokenizer(out) if resume else new_tokenizer(model_config, train.captions)
     )

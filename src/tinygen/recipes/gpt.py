@@ -122,10 +122,13 @@ def train_gpt(
     """Train a character-level GPT on the corpus `data` (a built-in name or a file) into
     `out`. The vocabulary is the corpus's characters (a resumed run keeps its saved one)."""
     from tinygen.data.corpora import load_corpus, split_train_val
+    from tinygen.models.runs import load_resumable_config
 
     out = Path(out)
     text = load_corpus(data)
     train_text, val_text = split_train_val(text)
+    if resume:
+        load_resumable_config(out, "gpt")
     tokenizer = CharTokenizer.load(out) if resume else CharTokenizer.from_text(text)
     model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
     train_ids = encode_corpus(train_text, tokenizer)

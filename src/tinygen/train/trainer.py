@@ -195,7 +195,14 @@ class Trainer:
         path = self.run_dir / ckpt.CONFIG_FILE
         if not path.exists() or "model" not in self.run_config:
             return
-        saved = json.loads(path.read_text()).get("model")
+        saved_config = json.loads(path.read_text())
+        kind, saved_kind = self.run_config.get("model_type"), saved_config.get("model_type")
+        if saved_kind is not None and kind is not None and saved_kind != kind:
+            raise TinygenError(
+                f"cannot resume {self.run_dir}: it holds a {saved_kind} run, not a {kind} one; "
+                f"pass the --out of a {kind} run, or drop --resume and choose a new --out"
+            )
+        saved = saved_config.get("model")
         now = json.loads(json.dumps(self.run_config["model"]))  # tuples -> lists, as saved
         if saved is None:
             return
