@@ -81,7 +81,7 @@ def test_out_under_a_read_only_directory_is_one_clear_line(tmp_path, capsys):
 
 def test_the_writability_check_is_the_one_the_trainer_uses(tmp_path, monkeypatch):
     """Also as root: with os.access saying no, the trainer refuses before writing."""
-    monkeypatch.setattr(trainer_module.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(io.os, "access", lambda path, mode: False)
     with pytest.raises(TinygenError, match="not writable"):
         trainer_module.check_run_directory(tmp_path / "new")
 
@@ -212,3 +212,91 @@ def test_a_run_of_the_wrong_kind_is_named_with_the_fix(runs, tmp_path, capsys, a
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "corrupt" not in err  # the old advice: "retrain the run"
     assert (runs / "clip" / "tokenizer.json").read_bytes() == clip_tokenizer
+
+
+def test_a_second_evaluator_does_not_replace_the_installed_judge_unasked(tmp_path, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path / "home"))
+        installed = tmp_path / "home" / ".cache" / "tinygen" / "evaluator" / io.BEST_FILE
+        base = ["train", "evaluator", "--image-size", "16", "--width", "8", "--max-iters", "2"]
+        base += ["--eval-interval", "2", "--eval-iters", "1", "--device", "cpu", "--no-progress"]
+        assert main([*base, "--out", str(tmp_path / "first")]) == 0
+        first = installed.read_bytes()  # nothing was installed: the first one is
+        assert main([*base, "--seed", "7", "--out", str(tmp_path / "second")]) == 0
+        assert "kept the judge installed" in capsys.readouterr().err
+        assert installed.read_bytes() == first
+        assert main([*base, "--seed", "7", "--install", "--out", str(tmp_path / "third")]) == 0
+        assert "replacing the judge installed" in capsys.readouterr().err
+        assert installed.read_bytes() != first
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("diffusion") / "run"
+    argv = ["train", "diffusion", "--preset", "tiny", "--cond", "class", "--n-train", "64"]
+    argv += ["--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1"]
+    argv += ["--num-train-timesteps", "10", "--device", "cpu", "--no-progress", "--out", str(out)]
+    torch.set_num_threads(1)
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--out", "{tmp}/d.txt"], "cannot write a .txt file"),
+        (["--out", "{tmp}"], "is a directory"),
+        (["--out", "{tmp}/notes.txt/grid.png"], "is a file"),
+        (["--label", ""], "names no class"),
+        (["--label", ","], "names no class"),
+        (["--label", "pink blob"], "colours:"),
+    ],
+)
+def test_sample_diffusion_checks_its_inputs_before_sampling(
+    diffusion_run, tmp_path, capsys, monkeypatch, extra, message
+):
+    from tinygen.recipes import diffusion_sampling
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before refusing a bad input")
+
+    monkeypatch.setattr(diffusion_sampling, "sample_with_strip", no_sampling)
+    (tmp_path / "notes.txt").write_text("mine")
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    code = main(["sample", "diffusion", "--run", str(diffusion_run), "--steps", "2", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_sample_diffusion_adds_png_to_a_name_without_an_extension(diffusion_run, tmp_path):
+    argv = ["sample", "diffusion", "--run", str(diffusion_run), "--steps", "2", "--n", "2"]
+    assert main([*argv, "--out", str(tmp_path / "grid")]) == 0
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "grid_strip.png").is_file()
+
+
+def test_a_second_diffusion_eval_goes_to_a_new_folder(diffusion_run, tmp_path, capsys):
+    from dataclasses import asdict
+
+    from tinygen.models.shapes_evaluator import EvaluatorConfig, ShapesEvaluator
+
+    judge = tmp_path / "judge"
+    config = EvaluatorConfig(image_size=16, width=8, feature_dim=16)
+    io.write_json(
+        judge / io.CONFIG_FILE, {"model_type": "shapes-evaluator", "model": asdict(config)}
+    )
+    io.save_weights(ShapesEvaluator(config), judge / io.BEST_FILE)
+    argv = ["eval", "diffusion", "--run", str(diffusion_run), "--evaluator", str(judge)]
+    argv += ["--guidance", "1", "--steps", "2", "--n", "4", "--device", "cpu"]
+    assert main(argv) == 0
+    first = (diffusion_run / "eval" / "eval.json").read_text()
+    assert main(argv) == 0
+    assert "holds an earlier evaluation" in capsys.readouterr().err
+    assert (diffusion_run / "eval" / "eval.json").read_text() == first
+    assert (diffusion_run / "eval-2" / "eval.json").is_file()
+
+
+def test_other_output_files_are_checked_first(runs, tmp_path, capsys):
+    assert main(["sample", "shapes", "--out", str(tmp_path / "x.txt")]) == 2
+    assert "cannot write a .txt file" in capsys.readouterr().err
+    assert main(["sample", "shapes", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -159,3 +159,55 @@ def model_weights_path(run_dir: str | Path, which: str = "best") -> Path:
         f"{run_dir} has no checkpoint ({MODEL_FILE} missing); train it first "
         "(tinygen train ...) or pass the right --run"
     )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def check_writable_dir(path: str | Path, flag: str) -> Path:
+    """`path` is, or can be made, a directory this process can write: one clear error for a
+    regular file on the way, a read-only directory, or a missing-and-uncreatable parent."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TinygenError(f"{flag} {path} is a file, not a directory; pass a directory path")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TinygenError(f"{flag} {path}: {existing} is a file; pass a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TinygenError(f"{flag} {path}: {existing} is not writable; pass one you can write")
+    return path
+
+
+def check_output_file(
+    path: str | Path, flag: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+) -> Path:
+    """An output file named by a user, checked before any work: not a directory, an
+    extension from `suffixes` (".png" is added to a name without one), a parent that is or
+    can become a writable directory. Returns the path to write."""
+    path = Path(path)
+    if path.is_dir():
+        raise TinygenError(
+            f"{flag} {path} is a directory; pass a file name, e.g. {path / ('out' + suffixes[0])}"
+        )
+    if not path.suffix:
+        path = path.with_suffix(suffixes[0])
+    elif path.suffix.lower() not in suffixes:
+        raise TinygenError(
+            f"{flag} {path}: cannot write a {path.suffix} file here; use one of "
+            f"{', '.join(suffixes)}"
+        )
+    check_writable_dir(path.parent, flag)
+    return path
+
+
+def next_free_dir(path: str | Path, marker: str) -> Path:
+    """`path` if it holds no `marker` file, else the first of path-2, path-3, ... that does
+    not: a second evaluation never replaces the first one's results."""
+    path = Path(path)
+    candidate, n = path, 1
+    while (candidate / marker).exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate

@@ -137,8 +137,12 @@ def zero_shot(args: argparse.Namespace) -> int:
 
 
 def search_images(args: argparse.Namespace) -> int:
+    from tinygen.io import check_output_file
     from tinygen.recipes.clip import load_clip
     from tinygen.recipes.clip_pictures import search_folder
+
+    if args.grid is not None:
+        args.grid = check_output_file(args.grid, "--grid")
 
     model, tokenizer, config = load_clip(args.run)
     matches = search_folder(

@@ -169,7 +169,12 @@ def _sampler(args: argparse.Namespace, sampler: str = "ddim", steps: int = 50):
 
 def sample_diffusion(args: argparse.Namespace) -> int:
     from tinygen.data.image_folder import save_image_grid
+    from tinygen.io import check_output_file
     from tinygen.recipes.diffusion_sampling import load_init_image, sample_with_strip
+
+    args.out = check_output_file(args.out, "--out")  # before the sampling, not after it
+    if args.strip is not None:
+        args.strip = check_output_file(args.strip, "--strip")
 
     if args.n <= 0:
         raise TinygenError(f"--n must be positive, got {args.n}")
@@ -210,8 +215,13 @@ def sample_diffusion(args: argparse.Namespace) -> int:
 def eval_diffusion(args: argparse.Namespace) -> int:
     from tinygen.eval.diffusion_eval import evaluate_settings, write_report
     from tinygen.eval.fidelity import load_evaluator
+    from tinygen.io import check_writable_dir, next_free_dir
     from tinygen.recipes.diffusion_sampling import sweep_settings
 
+    wanted = args.out or args.run / "eval"
+    out = next_free_dir(check_writable_dir(wanted, "--out"), "eval.json")
+    if out != wanted:  # hours of sampling are never replaced without a word
+        print(f"{wanted} holds an earlier evaluation; this one goes to {out}", file=sys.stderr)
     model, classifier, device = _load(args)
     evaluator = load_evaluator(args.evaluator, device=device)
     total = model.config.num_train_timesteps
@@ -241,7 +251,7 @@ def eval_diffusion(args: argparse.Namespace) -> int:
         split=args.split,
         log=lambda line: print(line, file=sys.stderr),
     )
-    paths = write_report(rows, args.out or args.run / "eval", title=str(args.run))
+    paths = write_report(rows, out, title=str(args.run))
     print(paths["table"].read_text())
     print(f"wrote {paths['json']}, {paths['table']} and {paths['plot']}", file=sys.stderr)
     return 0

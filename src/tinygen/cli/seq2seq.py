@@ -186,6 +186,10 @@ def _load(args: argparse.Namespace):
 
 
 def translate_command(args: argparse.Namespace) -> int:
+    from tinygen.io import check_output_file
+
+    if args.attention_map is not None:
+        args.attention_map = check_output_file(args.attention_map, "--attention-map")
     translator = _load(args)
     texts = args.texts
     if not texts:

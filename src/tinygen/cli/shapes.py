@@ -37,8 +37,9 @@ def register(commands) -> None:
     train.add_argument(
         "--install",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="copy the trained evaluator to ~/.cache/tinygen/evaluator (default yes)",
+        default=None,
+        help="copy the trained evaluator to ~/.cache/tinygen/evaluator, the judge every eval "
+        "uses (default: only if none is installed yet; --install replaces one)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_flags(train, EvaluatorConfig, title="model")
@@ -137,6 +138,9 @@ def eval_evaluator(args: argparse.Namespace) -> int:
 def sample_shapes(args: argparse.Namespace) -> int:
     from tinygen.data.image_folder import save_image_grid
     from tinygen.data.shapes import generate_shapes
+    from tinygen.io import check_output_file
+
+    args.out = check_output_file(args.out, "--out")
 
     batch = generate_shapes(
         args.n,

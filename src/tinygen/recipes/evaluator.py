@@ -9,12 +9,14 @@ evaluator's verdict.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinygen import io
 from tinygen.data.shapes import ATTRIBUTES, generate_shapes
 from tinygen.models.shapes_evaluator import EvaluatorConfig, ShapesEvaluator
 from tinygen.recipes.common import Preset, fit, is_main_process
@@ -153,12 +155,17 @@ def train_evaluator(
     *,
     resume: bool = False,
     progress: bool = True,
-    install: bool = False,
+    install: bool | None = False,
 ) -> tuple[TrainResult, dict[str, float], Path | None]:
     """Train the evaluator into `out`; returns the result, the last clean test accuracy per
-    attribute, and where it was installed (with `install`, the user cache that
-    tinygen.eval.prompt_fidelity loads from; None otherwise, and on ranks but 0)."""
-    from tinygen.eval.fidelity import install_evaluator
+    attribute, and where it was installed (the user cache that tinygen.eval.prompt_fidelity
+    loads from; None when not installed, and on ranks but 0).
+
+    install: True installs (replacing a judge installed before, with a line that says so),
+    False does not, None installs only where no judge is installed yet -- every later
+    evaluation is scored by the installed judge, so it is never replaced unasked.
+    """
+    from tinygen.eval.fidelity import default_install_dir, install_evaluator
 
     torch.manual_seed(train_config.seed)
     run_config = {
@@ -177,6 +184,17 @@ def train_evaluator(
     final = next((row for row in reversed(result.history) if "acc_shape" in row), {})
     accuracy = {k[len("acc_") :]: v for k, v in final.items() if k.startswith("acc_")}
     installed = None
-    if install and not result.interrupted and is_main_process():
+    if install is False or result.interrupted or not is_main_process():
+        return result, accuracy, installed
+    existing = default_install_dir() / io.CONFIG_FILE
+    if existing.is_file() and install is None:
+        print(
+            f"kept the judge installed in {existing.parent} (every eval uses it); pass "
+            "--install to replace it with this one",
+            file=sys.stderr,
+        )
+    else:
+        if existing.is_file():
+            print(f"replacing the judge installed in {existing.parent}", file=sys.stderr)
         installed = install_evaluator(out)
     return result, accuracy, installed

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -78,19 +77,8 @@ RUN_FILES = (
 
 
 def check_run_directory(run_dir: Path) -> None:
-    """--out must be a directory that can be created and written: one clear error for a
-    regular file, a read-only directory or a parent that cannot hold it."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TinygenError(f"--out {run_dir} is a file, not a directory; pass a directory path")
-    existing = run_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TinygenError(f"--out {run_dir}: {existing} is a file; pass a directory path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TinygenError(
-            f"--out {run_dir}: {existing} is not writable; pass a directory you can write to"
-        )
+    """--out must be a directory that can be created and written (`tinygen.io`)."""
+    ckpt.check_writable_dir(run_dir, "--out")
 
 
 def config_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
