@@ -300,3 +300,22 @@ def test_other_output_files_are_checked_first(runs, tmp_path, capsys):
     assert "cannot write a .txt file" in capsys.readouterr().err
     assert main(["sample", "shapes", "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_held_out_pair_on_a_joint_label_model_is_warned_about():
+    from tinygen.data.shapes import HELDOUT_COMBOS, combo_index
+    from tinygen.models.diffusion import DiffusionConfig, DiffusionModel
+    from tinygen.nn.unet import UNetConfig
+    from tinygen.recipes.diffusion_sampling import untrained_labels_warning
+
+    unet = UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    unet.attention_resolutions, unet.head_channels, unet.norm_groups = (4,), 8, 4
+    joint = DiffusionModel(DiffusionConfig(unet=unet, conditioning="class"))
+    factored = DiffusionModel(
+        DiffusionConfig(unet=unet, conditioning="class", label_factors=(8, 6))
+    )
+    held = torch.tensor([combo_index(*HELDOUT_COMBOS[0]), 0])
+    warning = untrained_labels_warning(joint, held)
+    assert warning is not None and " ".join(HELDOUT_COMBOS[0]) in warning
+    assert untrained_labels_warning(factored, held) is None
+    assert untrained_labels_warning(joint, torch.tensor([0, 1])) is None

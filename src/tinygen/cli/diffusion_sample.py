@@ -170,7 +170,11 @@ def _sampler(args: argparse.Namespace, sampler: str = "ddim", steps: int = 50):
 def sample_diffusion(args: argparse.Namespace) -> int:
     from tinygen.data.image_folder import save_image_grid
     from tinygen.io import check_output_file
-    from tinygen.recipes.diffusion_sampling import load_init_image, sample_with_strip
+    from tinygen.recipes.diffusion_sampling import (
+        load_init_image,
+        sample_with_strip,
+        untrained_labels_warning,
+    )
 
     args.out = check_output_file(args.out, "--out")  # before the sampling, not after it
     if args.strip is not None:
@@ -188,6 +192,8 @@ def sample_diffusion(args: argparse.Namespace) -> int:
     if args.label is not None and not uses_labels:
         raise TinygenError("this model is unconditional; --label needs --classifier RUN")
     labels = parse_labels(args.label, args.n) if uses_labels else None
+    if warning := untrained_labels_warning(model, labels):
+        print(warning, file=sys.stderr)
     init = load_init_image(args.init_image, model, args.n) if args.init_image else None
     samples = sample_with_strip(
         model,

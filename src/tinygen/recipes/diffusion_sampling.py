@@ -50,6 +50,26 @@ def parse_labels(text: str | None, n: int) -> Tensor:
     return torch.tensor([pool[i % len(pool)] for i in range(n)])
 
 
+def untrained_labels_warning(model: DiffusionModel, labels: Tensor | None) -> str | None:
+    """A warning when a model with one embedding row per class (`--label-embedding joint`)
+    is asked for the held-out (colour, shape) pairs, whose rows training never touched
+    (a factored model composes them from the colour's and the shape's embeddings)."""
+    from tinygen.data.shapes import HELDOUT_COMBOS, combo_index, combo_name
+
+    if labels is None or not model.config.class_conditional or model.config.label_factors:
+        return None
+    heldout = {combo_index(c, s) for c, s in HELDOUT_COMBOS}
+    asked = sorted(heldout & set(labels.tolist()))
+    if not asked:
+        return None
+    names = ", ".join(combo_name(i) for i in asked)
+    return (
+        f"warning: {names} never appeared in training, and this model has one embedding per "
+        "(colour, shape) pair (--label-embedding joint): those rows are untrained. A model "
+        "trained with the default --label-embedding factored composes such pairs."
+    )
+
+
 def load_init_image(path: str | Path, model: DiffusionModel, n: int) -> Tensor:
     """The image SDEdit starts from, as (n, C, H, W) in [-1, 1] at the model's size: any
     RGB/RGBA/greyscale picture Pillow reads, shorter side resized, centre-cropped."""
