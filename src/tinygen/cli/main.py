@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from tinygen.errors import TinygenError
+from tinygen.threads import THREADS_HELP, apply_thread_policy, threads_from_argv, threads_type
 
 COMMAND_MODULES = (
     "gpt",
@@ -54,12 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
     commands = Commands(root=root, **verbs)
     for name in COMMAND_MODULES:
         importlib.import_module(f"tinygen.cli.{name}").register(commands)
+    add_threads_option(parser)
     return parser
 
 
+def add_threads_option(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """`--threads N` on the root and on every subcommand, so `tinygen --threads 2 train gpt`
+    and `tinygen train gpt --threads 2` both work; below the root the default is SUPPRESS,
+    so a subcommand never overwrites the value the root parsed."""
+    if "--threads" not in parser._option_string_actions:
+        parser.add_argument(
+            "--threads", type=threads_type, default=default, metavar="N", help=THREADS_HELP
+        )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                add_threads_option(sub, argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    early = threads_from_argv(argv)
+    apply_thread_policy(early)  # before the command modules import torch (and libgomp)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None) not in (None, early):  # e.g. an abbreviated --thr
+        apply_thread_policy(args.threads)
     code = 1
     try:
         code = int(args.func(args) or 0)

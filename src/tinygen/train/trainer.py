@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tinygen.errors import TinygenError
 from tinygen.train import checkpoint as ckpt
 from tinygen.train.config import TrainConfig
-from tinygen.train.device import autocast, resolve_device
+from tinygen.train.device import announce_precision_and_threads, autocast, resolve_device
 from tinygen.train.distributed import DistInfo, setup_distributed
 from tinygen.train.ema import EMA
 from tinygen.train.lr import get_lr
@@ -289,6 +289,8 @@ class Trainer:
         items_name = getattr(self.task, "items_name", "samples")
         history: list[dict] = []
         last_val: float | None = None
+        if self.dist.is_main:  # the precision and thread lines (a slow-bf16 warning always)
+            announce_precision_and_threads(self.device, cfg.precision, verbose=self.progress)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
