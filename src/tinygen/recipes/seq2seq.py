@@ -97,15 +97,20 @@ class Translator:
         alpha: float = 0.6,
         batch_size: int = 500,
         use_cache: bool = True,
+        progress: str | None = None,
     ) -> list[str]:
-        """Translate each text; inputs are validated before any decoding starts."""
+        """Translate each text; inputs are validated before any decoding starts. `progress`:
+        the label of a progress bar over the batches (None: no bar)."""
+        from tqdm.auto import tqdm
+
         self.model.eval()
         sources = [
             self.encode_sources(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
         ]
         device = next(self.model.parameters()).device
         out: list[str] = []
-        for src in sources:
+        bar = tqdm(sources, desc=progress, unit="batch", disable=progress is None, leave=False)
+        for src in bar:
             hyps = decode_batch(
                 self.model, src.to(device), beam_size=beam_size, alpha=alpha, use_cache=use_cache
             )
@@ -213,7 +218,8 @@ def evaluate_heldout(
     results = {}
     for beam in beams:
         name = "greedy" if beam == 1 else f"beam{beam}"
-        results[name] = translator.evaluate(pairs, beam_size=beam, alpha=alpha)
+        label = f"held-out {name} ({len(pairs)} pairs)"
+        results[name] = translator.evaluate(pairs, beam_size=beam, alpha=alpha, progress=label)
     if run_dir is not None:
         write_json(
             Path(run_dir) / HELDOUT_FILE,
