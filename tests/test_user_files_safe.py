@@ -319,3 +319,39 @@ def test_a_held_out_pair_on_a_joint_label_model_is_warned_about():
     assert warning is not None and " ".join(HELDOUT_COMBOS[0]) in warning
     assert untrained_labels_warning(factored, held) is None
     assert untrained_labels_warning(joint, torch.tensor([0, 1])) is None
+
+
+TRAINERS = {
+    "gpt": ["train", "gpt", "--data", "sonnets", *TINY_GPT],
+    "seq2seq": ["train", "seq2seq", "--d-model", "16", "--n-head", "2", "--max-iters", "4"],
+    "clip": ["train", "clip", "--preset", "tiny", "--max-iters", "4"],
+    "evaluator": ["train", "evaluator", "--no-install", "--image-size", "16", "--max-iters", "4"],
+    "diffusion": ["train", "diffusion", "--preset", "tiny", "--n-train", "64", "--max-iters", "4"],
+    "noisy-classifier": ["train", "noisy-classifier", "--preset", "tiny", "--n-train", "64"],
+    "finetune": ["finetune", "gpt", "--method", "lora", "--max-iters", "4"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_ctrl_c_prints_the_resume_hint_for_every_trainer(name, runs, tmp_path, capsys):
+    """Ctrl-C at the third step: exit 130, the checkpoint saved, and the hint to resume."""
+    calls = {"n": 0}
+    original = trainer_module.Trainer._train_step
+
+    def interrupted_step(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    argv = [*TRAINERS[name], "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]
+    if name == "finetune":
+        argv += ["--base", str(runs / "gpt")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module.Trainer, "_train_step", interrupted_step)
+        mp.chdir(tmp_path)
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "--resume" in err and "interrupted" in err
+    assert (tmp_path / "run" / io.STATE_FILE).is_file()
