@@ -16,7 +16,7 @@ a noised input (SDEdit, Meng et al. 2021): image-to-image and inpainting use the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from tinygen.diffusion.schedule import NoiseSchedule, Timestep, check_prediction_type
 from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 
 SPACINGS = ("leading", "trailing", "linspace")
 SAMPLERS = ("ddpm", "ddim")
@@ -83,10 +84,18 @@ class SamplerConfig:
     complementary colour (docs/benchmarks.md measures it).
     """
 
-    sampler: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    spacing: str = "leading"
+    sampler: str = field(
+        default="ddim", metadata={"help": "ddim (any eta) or ddpm", "choices": SAMPLERS}
+    )
+    steps: int = field(default=50, metadata={"help": "sampling steps (network calls)", "min": 1})
+    eta: float = field(
+        default=0.0,
+        metadata={"help": "DDIM noise: 0 deterministic, 1 DDPM's variance", "min": 0, "max": 1},
+    )
+    spacing: str = field(
+        default="leading",
+        metadata={"help": "which training timesteps the steps visit", "choices": SPACINGS},
+    )
     clip_sample: bool = True
     thresholding: bool = False
     recompute_eps: bool = True
@@ -106,6 +115,7 @@ class SamplerConfig:
             raise TinygenError(
                 f"unknown timestep spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}"
             )
+        check_fields(self)  # (the rules above, with their own words; anything else declared)
 
     def check_fits(self, num_train_timesteps: int) -> None:
         if self.steps > num_train_timesteps:

@@ -23,12 +23,13 @@ class LoraConfig:
     """One adapter's settings; every `LoRALinear` that `apply_lora` creates holds the same
     (immutable) instance as `layer.lora_config`."""
 
-    r: int = field(default=8, metadata={"help": "rank of the update B A (A is r x in)"})
+    r: int = field(default=8, metadata={"help": "rank of the update B A (A is r x in)", "min": 1})
     lora_alpha: float = field(
         default=8.0, metadata={"help": "scale numerator: the update is scaled by lora_alpha / r"}
     )
     lora_dropout: float = field(
-        default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"}
+        default=0.0,
+        metadata={"help": "dropout on the adapter's input, in [0, 1)", "min": 0, "below": 1},
     )
     target_modules: str | tuple[str, ...] | None = field(
         default=None,

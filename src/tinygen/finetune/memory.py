@@ -98,6 +98,7 @@ def llama_inventory(name: str, config: dict) -> Inventory:
     """The LLaMA architecture counted from its config: attention q,k,v,o (k and v shrink
     with grouped-query attention), the SwiGLU MLP gate/up/down, two RMSNorms per layer, a
     final norm, the embedding and an untied output head (never quantised)."""
+    _check_llama_config(name, config)
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     heads = config["num_attention_heads"]
     kv_dim = config.get("num_key_value_heads") or heads
@@ -119,6 +120,29 @@ def llama_inventory(name: str, config: dict) -> Inventory:
     head = 0 if config.get("tie_word_embeddings", False) else embeddings
     norms = (2 * config["num_hidden_layers"] + 1) * hidden
     return Inventory(name, linear, embeddings + head + norms, ("q_proj", "v_proj"))
+
+
+LLAMA_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "vocab_size",
+)
+
+
+def _check_llama_config(name: str, config: dict) -> None:
+    """The sizes `llama_inventory` reads are there and positive integers."""
+    for key in (*LLAMA_KEYS, "num_key_value_heads", "head_dim"):
+        value = config.get(key)
+        if value is None and key not in LLAMA_KEYS:
+            continue
+        if value is None:
+            raise TinygenError(
+                f"{name} has no {key!r}; a LLaMA-family config.json needs {', '.join(LLAMA_KEYS)}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TinygenError(f"{name}: {key} is {value!r}, not a positive integer")
 
 
 def module_inventory(model: nn.Module, name: str, default_targets=("qkv_proj",)) -> Inventory:
@@ -157,7 +181,12 @@ def hf_config_inventory(config_path: str | Path) -> Inventory:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise TinygenError(f"cannot read the Hugging Face config {path} ({e})") from e
-    if config.get("model_type") in ("llama", "mistral") and "intermediate_size" in config:
+    if not isinstance(config, dict):
+        raise TinygenError(
+            f"{path} holds a JSON {type(config).__name__}, not an object; a Hugging Face "
+            "config.json is one object of settings (hidden_size, num_hidden_layers, ...)"
+        )
+    if config.get("model_type") in ("llama", "mistral"):
         return llama_inventory(str(config_path), config)
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -165,9 +194,12 @@ def hf_config_inventory(config_path: str | Path) -> Inventory:
         raise TinygenError(
             "counting this architecture needs transformers: pip install 'tinygen[hf]'"
         ) from e
-    hf_config = AutoConfig.from_pretrained(str(path.parent))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
+    try:
+        hf_config = AutoConfig.from_pretrained(str(path.parent))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise TinygenError(f"transformers cannot build a model from {path}: {e}") from e
     return module_inventory(model, str(config_path), ("q_proj", "v_proj"))
 
 
@@ -177,7 +209,8 @@ def run_inventory(run_dir: str | Path) -> Inventory:
     from tinygen.models.runs import load_run_config
 
     config = load_run_config(run_dir)
-    return module_inventory(build_model(config["model_type"], config["model"]), str(run_dir))
+    model = build_model(config["model_type"], config["model"], run=run_dir)
+    return module_inventory(model, str(run_dir))
 
 
 def resolve_inventory(model: str) -> Inventory:
@@ -190,7 +223,7 @@ def resolve_inventory(model: str) -> Inventory:
             config = json.loads((path / "config.json").read_text())
         except json.JSONDecodeError as e:
             raise TinygenError(f"{path / 'config.json'} is not valid JSON ({e})") from e
-        if isinstance(config.get("model"), dict):  # a tinygen run: {"model_type", "model"}
+        if isinstance(config, dict) and isinstance(config.get("model"), dict):  # a tinygen run
             return run_inventory(path)
         return hf_config_inventory(path)
     if path.is_file() and path.suffix == ".json":

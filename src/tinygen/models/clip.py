@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 from tinygen.models.clip_loss import clip_logits, clip_loss
 from tinygen.models.clip_resnet import ResNetTower
 from tinygen.nn.embeddings import PatchEmbedding, sinusoidal_embedding
@@ -47,41 +48,50 @@ __all__ = [
 
 @dataclass
 class CLIPConfig:
-    embed_dim: int = field(default=128, metadata={"help": "joint embedding size"})
-    image_size: int = 32
-    in_channels: int = 3
-    image_tower: str = field(default="vit", metadata={"help": "vit | resnet"})
-    patch_size: int = field(default=4, metadata={"help": "ViT patch size"})
-    vision_width: int = field(default=128, metadata={"help": "ViT width"})
-    vision_layers: int = field(default=4, metadata={"help": "ViT blocks"})
-    vision_heads: int = 4
-    resnet_width: int = field(default=32, metadata={"help": "ResNet channels of stage 1"})
-    resnet_layers: list[int] = field(
-        default_factory=lambda: [1, 1, 1], metadata={"help": "ResNet blocks per stage"}
+    embed_dim: int = field(default=128, metadata={"help": "joint embedding size", "min": 1})
+    image_size: int = field(default=32, metadata={"help": "input height and width", "min": 1})
+    in_channels: int = field(default=3, metadata={"help": "image channels", "min": 1})
+    image_tower: str = field(
+        default="vit", metadata={"help": "image encoder", "choices": ("vit", "resnet")}
     )
-    text_tower: str = field(default="transformer", metadata={"help": "transformer | minilm"})
-    vocab_size: int = field(default=64, metadata={"help": "caption vocabulary (set by data)"})
-    context_length: int = field(default=16, metadata={"help": "tokens per caption"})
-    text_width: int = 128
-    text_layers: int = 3
-    text_heads: int = 4
-    dropout: float = 0.0
+    patch_size: int = field(default=4, metadata={"help": "ViT patch size", "min": 1})
+    vision_width: int = field(default=128, metadata={"help": "ViT width", "min": 1})
+    vision_layers: int = field(default=4, metadata={"help": "ViT blocks", "min": 1})
+    vision_heads: int = field(default=4, metadata={"help": "ViT attention heads", "min": 1})
+    resnet_width: int = field(default=32, metadata={"help": "ResNet channels of stage 1", "min": 1})
+    resnet_layers: list[int] = field(
+        default_factory=lambda: [1, 1, 1],
+        metadata={"help": "ResNet blocks per stage, comma separated", "min": 1},
+    )
+    text_tower: str = field(
+        default="transformer",
+        metadata={"help": "text encoder", "choices": ("transformer", "minilm")},
+    )
+    vocab_size: int = field(
+        default=64, metadata={"help": "caption vocabulary (set by data)", "min": 1}
+    )
+    context_length: int = field(default=16, metadata={"help": "tokens per caption", "min": 1})
+    text_width: int = field(default=128, metadata={"help": "text Transformer width", "min": 1})
+    text_layers: int = field(default=3, metadata={"help": "text Transformer blocks", "min": 1})
+    text_heads: int = field(default=4, metadata={"help": "text attention heads", "min": 1})
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout probability", "min": 0, "below": 1}
+    )
     num_timesteps: int = field(
         default=0,
-        metadata={"help": "diffusion steps the ViT reads t from (noised CLIP, GLIDE); 0 = clean"},
+        metadata={
+            "help": "diffusion steps the ViT reads t from (noised CLIP, GLIDE); 0 = clean",
+            "min": 0,
+        },
     )
     logit_scale_init: float = field(
-        default=math.log(1 / 0.07), metadata={"help": "initial log temperature multiplier"}
+        default=math.log(1 / 0.07),
+        metadata={"help": "initial log temperature multiplier"},
     )
-    max_logit_scale: float = field(default=100.0, metadata={"help": "clamp of exp(t)"})
+    max_logit_scale: float = field(default=100.0, metadata={"help": "clamp of exp(t)", "above": 1})
 
     def validate(self) -> None:
-        if self.image_tower not in ("vit", "resnet"):
-            raise TinygenError(f"unknown --image-tower {self.image_tower!r}; choose vit or resnet")
-        if self.text_tower not in ("transformer", "minilm"):
-            raise TinygenError(
-                f"unknown --text-tower {self.text_tower!r}; choose transformer or minilm"
-            )
+        check_fields(self)
         for width, heads, name in (
             (self.vision_width, self.vision_heads, "vision"),
             (self.text_width, self.text_heads, "text"),
@@ -102,26 +112,11 @@ class CLIPConfig:
                 f"--image-size {self.image_size}: each stage after the first "
                 "halves the image; give fewer stages"
             )
-        for name in (
-            "embed_dim",
-            "image_size",
-            "vocab_size",
-            "context_length",
-            "text_width",
-            "vision_width",
-            "resnet_width",
-        ):
-            if getattr(self, name) <= 0:
-                raise TinygenError(f"--{name.replace('_', '-')} must be positive")
-        if self.num_timesteps < 0:
-            raise TinygenError(f"--num-timesteps must be 0 or positive, got {self.num_timesteps}")
         if self.num_timesteps and self.image_tower != "vit":
             raise TinygenError(
                 "a noised CLIP (--num-timesteps > 0) needs --image-tower vit; the ResNet "
                 "tower has no timestep input"
             )
-        if self.max_logit_scale <= 1:
-            raise TinygenError("--max-logit-scale must be above 1")
 
 
 class VisionTransformer(nn.Module):

@@ -38,6 +38,7 @@ from tinygen.diffusion.objective import diffusion_loss, min_snr_weights  # noqa:
 from tinygen.diffusion.sampling import SamplerConfig, sample
 from tinygen.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES, NoiseSchedule
 from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 from tinygen.models.conditioning import (
     Condition,
     LabelConditioner,
@@ -54,22 +55,38 @@ THRESHOLD_MAX = 1.5  # dynamic thresholding: the largest scale s (DeepFloyd IF's
 class DiffusionConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     beta_schedule: str = field(
-        default="linear", metadata={"help": "linear | scaled_linear | cosine"}
+        default="linear",
+        metadata={"help": "noise schedule", "choices": BETA_SCHEDULES, "flag": "--schedule"},
     )
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = field(
+        default=1000, metadata={"help": "steps of the forward process", "min": 1}
+    )
     prediction_type: str = field(
-        default="epsilon", metadata={"help": "epsilon | sample | v_prediction"}
+        default="epsilon",
+        metadata={
+            "help": "what the network predicts",
+            "choices": PREDICTION_TYPES,
+            "flag": "--objective",
+        },
     )
-    conditioning: str = field(default="none", metadata={"help": "none | class"})
-    num_classes: int = field(default=48, metadata={"help": "labels when conditioning=class"})
+    conditioning: str = field(
+        default="none",
+        metadata={"help": "none | class", "choices": CONDITIONINGS, "flag": "--cond"},
+    )
+    num_classes: int = field(
+        default=48, metadata={"help": "labels when conditioning=class", "min": 1}
+    )
     label_factors: tuple[int, ...] = field(
         default=(),
         metadata={"help": "split labels into attributes, e.g. 8,6 (empty: one row per class)"},
     )
     cond_drop_prob: float = field(
-        default=0.1, metadata={"help": "chance of the null label in training (CFG)"}
+        default=0.1,
+        metadata={"help": "chance of the null label in training (CFG)", "min": 0, "below": 1},
     )
-    min_snr_gamma: float = field(default=0.0, metadata={"help": "min-SNR-gamma; 0 disables"})
+    min_snr_gamma: float = field(
+        default=0.0, metadata={"help": "min-SNR-gamma; 0 disables", "min": 0}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -95,29 +112,12 @@ class DiffusionConfig:
         return UNetConfig(**{**asdict(self.unet), "num_classes": rows})
 
     def validate(self) -> None:
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise TinygenError(
-                f"unknown --schedule {self.beta_schedule!r}; choose one of "
-                f"{', '.join(BETA_SCHEDULES)}"
-            )
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise TinygenError(
-                f"unknown --objective {self.prediction_type!r}; choose one of "
-                f"{', '.join(PREDICTION_TYPES)}"
-            )
-        if self.conditioning not in CONDITIONINGS:
-            raise TinygenError(f"unknown --cond {self.conditioning!r}; choose none or class")
-        if self.class_conditional and self.num_classes < 1:
-            raise TinygenError("class conditioning needs num_classes >= 1")
+        check_fields(self)
         if self.label_factors and math.prod(self.label_factors) != self.num_classes:
             raise TinygenError(
                 f"label_factors {self.label_factors} multiply to "
                 f"{math.prod(self.label_factors)}, not num_classes={self.num_classes}"
             )
-        if not 0.0 <= self.cond_drop_prob < 1.0:
-            raise TinygenError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
-        if self.min_snr_gamma < 0:
-            raise TinygenError(f"min_snr_gamma must be >= 0 (0 disables), got {self.min_snr_gamma}")
 
 
 class DiffusionModel(nn.Module):

@@ -10,38 +10,41 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 from tinygen.nn.attention import KVCache
 from tinygen.nn.transformer import Block
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 65
-    block_size: int = 256
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
-    bias: bool = True
+    vocab_size: int = field(
+        default=65, metadata={"help": "characters (set by the corpus)", "min": 1}
+    )
+    block_size: int = field(default=256, metadata={"help": "context length in tokens", "min": 1})
+    n_layer: int = field(default=6, metadata={"help": "Transformer blocks", "min": 1})
+    n_head: int = field(
+        default=6, metadata={"help": "attention heads; they divide --n-embd", "min": 1}
+    )
+    n_embd: int = field(default=384, metadata={"help": "width of every layer", "min": 1})
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout probability", "min": 0, "below": 1}
+    )
+    bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers"})
 
     def validate(self) -> None:
+        check_fields(self)
         if self.n_embd % self.n_head:
             raise TinygenError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 "change one of --n-embd / --n-head"
             )
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise TinygenError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TinygenError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class GPT(nn.Module):

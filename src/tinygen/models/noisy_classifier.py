@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.diffusion.schedule import BETA_SCHEDULES, NoiseSchedule
-from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 from tinygen.nn.resnet import norm_groups_for
 from tinygen.nn.unet import UNetConfig, UNetEncoder
 
@@ -29,24 +29,23 @@ class NoisyClassifierConfig:
             base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1
         )
     )
-    num_classes: int = field(default=48, metadata={"help": "classes (48 (colour, shape) pairs)"})
-    beta_schedule: str = field(
-        default="linear", metadata={"help": "linear | scaled_linear | cosine"}
+    num_classes: int = field(
+        default=48, metadata={"help": "classes (48 (colour, shape) pairs)", "min": 2}
     )
-    num_train_timesteps: int = 1000
+    beta_schedule: str = field(
+        default="linear",
+        metadata={"help": "noise schedule", "choices": BETA_SCHEDULES, "flag": "--schedule"},
+    )
+    num_train_timesteps: int = field(
+        default=1000, metadata={"help": "steps of the forward process", "min": 1}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
             self.unet = UNetConfig(**self.unet)
 
     def validate(self) -> None:
-        if self.num_classes < 2:
-            raise TinygenError(f"a classifier needs at least 2 classes, got {self.num_classes}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise TinygenError(
-                f"unknown --schedule {self.beta_schedule!r}; choose one of "
-                f"{', '.join(BETA_SCHEDULES)}"
-            )
+        check_fields(self)
 
 
 class NoisyClassifier(nn.Module):

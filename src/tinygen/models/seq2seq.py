@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 from tinygen.nn.attention import KVCache, StaticKV
 from tinygen.nn.embeddings import sinusoidal_embedding
 from tinygen.nn.transformer import Block
@@ -32,58 +33,57 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2  # the ids `tinygen.data.translation.Vocab` res
 
 @dataclass
 class Seq2SeqConfig:
-    src_vocab_size: int = field(default=16, metadata={"help": "set from the task's vocabulary"})
-    tgt_vocab_size: int = field(default=16, metadata={"help": "set from the task's vocabulary"})
-    d_model: int = field(default=128, metadata={"help": "width of every layer"})
-    n_head: int = 4
-    n_encoder_layers: int = 3
-    n_decoder_layers: int = 3
-    mlp_mult: int = field(default=4, metadata={"help": "feed-forward width / d_model"})
-    dropout: float = field(
-        default=0.0, metadata={"help": "paper: 0.1; built-in tasks draw fresh pairs, need none"}
+    src_vocab_size: int = field(
+        default=16, metadata={"help": "set from the task's vocabulary", "min": 1}
     )
-    norm: str = field(default="pre", metadata={"help": "pre (stable) | post (the paper)"})
-    positions: str = field(default="sinusoidal", metadata={"help": "sinusoidal | learned"})
-    max_src_len: int = field(default=64, metadata={"help": "longest source in tokens"})
-    max_tgt_len: int = field(default=64, metadata={"help": "longest target in tokens"})
+    tgt_vocab_size: int = field(
+        default=16, metadata={"help": "set from the task's vocabulary", "min": 1}
+    )
+    d_model: int = field(default=128, metadata={"help": "width of every layer", "min": 1})
+    n_head: int = field(
+        default=4, metadata={"help": "attention heads; they divide --d-model", "min": 1}
+    )
+    n_encoder_layers: int = field(default=3, metadata={"help": "encoder blocks", "min": 1})
+    n_decoder_layers: int = field(default=3, metadata={"help": "decoder blocks", "min": 1})
+    mlp_mult: int = field(default=4, metadata={"help": "feed-forward width / d_model", "min": 1})
+    dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "paper: 0.1; built-in tasks draw fresh pairs, need none",
+            "min": 0,
+            "below": 1,
+        },
+    )
+    norm: str = field(
+        default="pre",
+        metadata={"help": "pre (stable) | post (the paper)", "choices": ("pre", "post")},
+    )
+    positions: str = field(
+        default="sinusoidal",
+        metadata={"help": "position encoding", "choices": ("sinusoidal", "learned")},
+    )
+    max_src_len: int = field(default=64, metadata={"help": "longest source in tokens", "min": 1})
+    max_tgt_len: int = field(default=64, metadata={"help": "longest target in tokens", "min": 1})
     share_embeddings: bool = field(
         default=False, metadata={"help": "one embedding for source and target vocabularies"}
     )
-    label_smoothing: float = field(default=0.1, metadata={"help": "paper: 0.1"})
-    bias: bool = True
+    label_smoothing: float = field(
+        default=0.1, metadata={"help": "paper: 0.1", "min": 0, "below": 1}
+    )
+    bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers"})
 
     def validate(self) -> None:
-        for name in (
-            "src_vocab_size",
-            "tgt_vocab_size",
-            "d_model",
-            "n_head",
-            "n_encoder_layers",
-            "n_decoder_layers",
-            "mlp_mult",
-            "max_src_len",
-            "max_tgt_len",
-        ):
-            if getattr(self, name) <= 0:
-                raise TinygenError(
-                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
-                )
+        check_fields(self)
         if self.d_model % self.n_head:
             raise TinygenError(
                 f"d_model ({self.d_model}) must be divisible by n_head "
                 f"({self.n_head}); change --d-model or --n-head"
             )
-        if self.norm not in ("pre", "post"):
-            raise TinygenError(f"--norm must be pre or post, got {self.norm!r}")
-        if self.positions not in ("sinusoidal", "learned"):
-            raise TinygenError(f"--positions must be sinusoidal or learned, got {self.positions!r}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise TinygenError(
                 "share_embeddings needs one vocabulary for source and target "
                 f"(sizes {self.src_vocab_size} and {self.tgt_vocab_size})"
             )
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
-            raise TinygenError("--dropout and --label-smoothing must be in [0, 1)")
 
 
 class Seq2SeqTransformer(nn.Module):

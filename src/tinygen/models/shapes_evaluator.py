@@ -16,7 +16,7 @@ per attribute. Its training recipe (augmentation, task, accuracy) is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +24,22 @@ from torch import Tensor, nn
 
 from tinygen.data.shapes import ATTRIBUTES
 from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 
 
 @dataclass
 class EvaluatorConfig:
-    image_size: int = 32  # images of another size are resized to this
-    width: int = 16  # channels of the first stage; doubled at each downsampling
-    feature_dim: int = 256
+    image_size: int = field(
+        default=32, metadata={"help": "input size; other sizes are resized to it", "min": 4}
+    )
+    width: int = field(
+        default=16,
+        metadata={"help": "channels of the first stage, doubled at each downsampling", "min": 8},
+    )
+    feature_dim: int = field(default=256, metadata={"help": "width of the features", "min": 1})
 
     def validate(self) -> None:
-        for name in ("image_size", "width", "feature_dim"):
-            if getattr(self, name) <= 0:
-                raise TinygenError(f"{name} must be positive, got {getattr(self, name)}")
+        check_fields(self)
         if self.width % 8:
             raise TinygenError(f"width must be a multiple of 8 (GroupNorm), got {self.width}")
 

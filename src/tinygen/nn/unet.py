@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 from tinygen.nn.embeddings import sinusoidal_embedding
 from tinygen.nn.resnet import (  # noqa: F401 - ResBlock & co. lived here before nn/resnet.py
     AttentionBlock,
@@ -49,28 +50,41 @@ from tinygen.nn.resnet import (  # noqa: F401 - ResBlock & co. lived here before
 
 @dataclass
 class UNetConfig:
-    image_size: int = field(default=32, metadata={"help": "input height and width (pixels)"})
-    in_channels: int = 3
-    out_channels: int = 3
-    base_channels: int = field(default=64, metadata={"help": "width of the first level"})
+    image_size: int = field(
+        default=32, metadata={"help": "input height and width (pixels)", "min": 1}
+    )
+    in_channels: int = field(default=3, metadata={"help": "image channels in", "min": 1})
+    out_channels: int = field(default=3, metadata={"help": "channels predicted", "min": 1})
+    base_channels: int = field(default=64, metadata={"help": "width of the first level", "min": 1})
     channel_mult: tuple[int, ...] = field(
-        default=(1, 2, 2), metadata={"help": "width multiplier per level, comma separated"}
+        default=(1, 2, 2),
+        metadata={"help": "width multiplier per level, comma separated", "min": 1},
     )
-    num_res_blocks: int = field(default=2, metadata={"help": "residual blocks per level"})
+    num_res_blocks: int = field(default=2, metadata={"help": "residual blocks per level", "min": 1})
     attention_resolutions: tuple[int, ...] = field(
-        default=(8,), metadata={"help": "feature-map sizes (pixels) that get attention"}
+        default=(8,),
+        metadata={
+            "help": "feature-map sizes (pixels) that get attention, comma separated",
+            "min": 1,
+        },
     )
-    head_channels: int = field(default=32, metadata={"help": "channels per attention head"})
-    num_classes: int = field(default=0, metadata={"help": "class-embedding rows; 0 = none"})
+    head_channels: int = field(
+        default=32, metadata={"help": "channels per attention head", "min": 1}
+    )
+    num_classes: int = field(
+        default=0, metadata={"help": "class-embedding rows; 0 = none", "min": 0}
+    )
     cond_emb_dim: int = field(
-        default=0, metadata={"help": "width of an additive conditioning vector; 0 = none"}
+        default=0, metadata={"help": "width of an additive conditioning vector; 0 = none", "min": 0}
     )
     context_dim: int | None = field(
-        default=None, metadata={"help": "width of context tokens for cross-attention"}
+        default=None, metadata={"help": "width of context tokens for cross-attention", "min": 1}
     )
     scale_shift: bool = field(default=True, metadata={"help": "time embedding as GN scale-shift"})
-    dropout: float = 0.0
-    norm_groups: int = field(default=32, metadata={"help": "GroupNorm groups (at most)"})
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout probability", "min": 0, "below": 1}
+    )
+    norm_groups: int = field(default=32, metadata={"help": "GroupNorm groups (at most)", "min": 1})
 
     def __post_init__(self) -> None:
         # configs read back from JSON carry lists
@@ -82,18 +96,9 @@ class UNetConfig:
         return 2 ** (len(self.channel_mult) - 1)
 
     def validate(self) -> None:
-        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
-            raise TinygenError(f"channel_mult must be positive integers, got {self.channel_mult}")
-        for name in (
-            "image_size",
-            "in_channels",
-            "out_channels",
-            "base_channels",
-            "num_res_blocks",
-            "head_channels",
-        ):
-            if getattr(self, name) <= 0:
-                raise TinygenError(f"U-Net {name} must be positive, got {getattr(self, name)}")
+        check_fields(self)
+        if not self.channel_mult:
+            raise TinygenError("--channel-mult is empty; give one multiplier per level, e.g. 1,2,2")
         if self.image_size % self.downsample_factor:
             raise TinygenError(
                 f"image size {self.image_size} is not divisible by {self.downsample_factor} "
@@ -114,13 +119,6 @@ class UNetConfig:
                 raise TinygenError(
                     f"width {ch} is not divisible by head_channels {self.head_channels}"
                 )
-        if self.cond_emb_dim < 0 or self.num_classes < 0:
-            raise TinygenError(
-                f"cond_emb_dim and num_classes must be >= 0 (0 = none), got "
-                f"{self.cond_emb_dim} and {self.num_classes}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise TinygenError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 # the names of the helpers before nn/resnet.py

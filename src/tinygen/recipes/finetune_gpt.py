@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
 from tinygen.io import BEST_FILE, load_weights, write_json
 from tinygen.recipes.common import fit
 from tinygen.train.config import TrainConfig
@@ -36,26 +36,30 @@ RESULT_FILE = "finetune_result.json"
 
 @dataclass
 class FinetuneConfig:
-    method: str = field(default="lora", metadata={"help": "full | lora | qlora"})
-    r: int = field(default=8, metadata={"help": "LoRA rank"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scaling alpha / r)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    method: str = field(
+        default="lora",
+        metadata={"help": "what trains: all weights or an adapter", "choices": METHODS},
+    )
+    r: int = field(default=8, metadata={"help": "LoRA rank", "min": 1})
+    alpha: float = field(
+        default=16.0, metadata={"help": "LoRA alpha (scaling alpha / r)", "above": 0}
+    )
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "dropout on the LoRA input", "min": 0, "below": 1}
+    )
     targets: str = field(
         default="qkv_proj,out_proj,fc,proj",
         metadata={"help": "comma-separated layer names, or all-linear"},
     )
     double_quant: bool = field(default=True, metadata={"help": "qlora: 8-bit NF4 constants"})
-    blocksize: int = field(default=64, metadata={"help": "qlora: NF4 block size"})
+    blocksize: int = field(default=64, metadata={"help": "qlora: NF4 block size", "min": 1})
     data: str = field(default="milton", metadata={"help": "milton | sonnets | shakespeare | PATH"})
-    eval_batches: int = field(default=50, metadata={"help": "fixed batches for before/after loss"})
+    eval_batches: int = field(
+        default=50, metadata={"help": "fixed batches for before/after loss", "min": 1}
+    )
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise TinygenError(f"unknown --method {self.method!r}; choose full, lora or qlora")
-        if self.r <= 0:
-            raise TinygenError(f"--r must be a positive integer, got {self.r}")
-        if self.eval_batches <= 0:
-            raise TinygenError("--eval-batches must be positive")
+        check_fields(self)
 
     @property
     def label(self) -> str:

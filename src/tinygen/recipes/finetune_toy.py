@@ -25,18 +25,18 @@ from tinygen.train.config import TrainConfig
 
 @dataclass
 class ToyConfig:
-    n_points: int = field(default=2000, metadata={"help": "points per data set"})
-    noise: float = field(default=0.1, metadata={"help": "Gaussian noise on the moons"})
+    n_points: int = field(default=2000, metadata={"help": "points per data set", "min": 10})
+    noise: float = field(default=0.1, metadata={"help": "Gaussian noise on the moons", "min": 0})
     rotation: float = field(default=60.0, metadata={"help": "degrees the new task is rotated"})
     shift: float = field(default=0.0, metadata={"help": "offset added to both coordinates"})
-    hidden: int = field(default=64, metadata={"help": "MLP width"})
-    r: int = field(default=2, metadata={"help": "LoRA rank"})
-    alpha: float = field(default=4.0, metadata={"help": "LoRA alpha"})
+    hidden: int = field(default=64, metadata={"help": "MLP width", "min": 1})
+    r: int = field(default=2, metadata={"help": "LoRA rank", "min": 1})
+    alpha: float = field(default=4.0, metadata={"help": "LoRA alpha", "above": 0})
     targets: str = field(default="fc1,fc2,fc3", metadata={"help": "layers LoRA adapts"})
-    base_steps: int = field(default=600, metadata={"help": "steps to train the base"})
-    lora_steps: int = field(default=400, metadata={"help": "steps to train the adapter"})
-    lr: float = field(default=1e-2, metadata={"help": "learning rate of both stages"})
-    seed: int = 0
+    base_steps: int = field(default=600, metadata={"help": "steps to train the base", "min": 1})
+    lora_steps: int = field(default=400, metadata={"help": "steps to train the adapter", "min": 1})
+    lr: float = field(default=1e-2, metadata={"help": "learning rate of both stages", "above": 0})
+    seed: int = field(default=0, metadata={"help": "seed of the data and the weights"})
 
 
 class ToyMLP(nn.Module):
