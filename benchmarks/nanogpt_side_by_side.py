@@ -430,7 +430,10 @@ def main() -> int:
                                 print("\n".join(r["log_tail"]), file=sys.stderr)
             finally:
                 stop_busy(busy)
-    report = table(results, labels, args.busy)
+    report = table([r for r in results if r["returncode"] == 0], labels, args.busy)
+    failed = [r for r in results if r["returncode"] != 0]
+    if failed:
+        report += f"\n\n{len(failed)} failed runs left out (their log tails are in {args.out})"
     import torch
 
     meta = {
@@ -447,7 +450,6 @@ def main() -> int:
     }
     args.out.write_text(json.dumps({"meta": meta, "runs": results, "table": report}, indent=1))
     print(report)
-    failed = [r for r in results if r["returncode"] != 0]
     return 1 if failed else 0
 
 
