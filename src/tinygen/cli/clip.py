@@ -10,6 +10,8 @@ from tinygen.cli.common import (
     add_dataclass_flags,
     dataclass_from_args,
     finish_training,
+    non_empty_text,
+    positive_int,
     train_config_from_args,
 )
 from tinygen.errors import TinygenError
@@ -22,9 +24,15 @@ def register(commands) -> None:
     train = commands.train.add_parser(
         "clip",
         help="train CLIP (contrastive image–text) on shapes or captioned images",
-        description="Train CLIP. Any model or training field is a flag.",
+        description="Train CLIP. Any model or training field is a flag; the defaults shown "
+        "are the shapes preset's (another --preset brings its own).",
     )
-    train.add_argument("--preset", choices=sorted(PRESETS), default="shapes")
+    train.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="shapes",
+        help="named config (default shapes: the recipe of docs/benchmarks.md; tiny: a smoke test)",
+    )
     train.add_argument(
         "--data",
         default="shapes",
@@ -32,31 +40,59 @@ def register(commands) -> None:
     )
     train.add_argument(
         "--train-size",
-        type=int,
+        type=positive_int,
         default=20000,
         help="shapes images generated for training (default 20000)",
     )
-    train.add_argument("--val-size", type=int, default=1000, help="validation pairs (shapes)")
+    train.add_argument(
+        "--val-size", type=positive_int, default=1000, help="validation pairs (shapes)"
+    )
     train.add_argument("--data-seed", type=int, default=0, help="seed of the shapes data")
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/clip)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_flags(train, CLIPConfig, exclude=("vocab_size",), title="model")
-    add_dataclass_flags(train, TrainConfig, title="training")
+    shapes, source = PRESETS["shapes"], "the shapes preset's"
+    add_dataclass_flags(
+        train,
+        CLIPConfig,
+        exclude=("vocab_size",),
+        title="model",
+        defaults=shapes.model,
+        source=source,
+    )
+    add_dataclass_flags(train, TrainConfig, title="training", defaults=shapes.train, source=source)
     train.set_defaults(func=train_clip)
 
     evaluate = commands.eval.add_parser(
-        "clip", help="zero-shot accuracy and retrieval of a CLIP run on the shapes world"
+        "clip",
+        help="zero-shot accuracy and retrieval of a CLIP run on the shapes world",
+        description="Zero-shot classification (seen and held-out pairs) and image-text "
+        "retrieval of a CLIP run, on freshly drawn shapes test images.",
     )
-    evaluate.add_argument("--run", type=Path, required=True)
-    evaluate.add_argument("--n-test", type=int, default=1000, help="test pairs (retrieval)")
-    evaluate.add_argument("--checkpoint", choices=("best", "last", "ema"), default="best")
+    evaluate.add_argument("--run", type=Path, required=True, help="CLIP run directory")
+    evaluate.add_argument(
+        "--n-test", type=positive_int, default=1000, help="test pairs (retrieval)"
+    )
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=("best", "last", "ema"),
+        default="best",
+        help="weights: best (validation), last, or ema (when trained with --ema-decay)",
+    )
     evaluate.set_defaults(func=eval_clip)
 
-    root = commands.root.add_parser("clip", help="use a trained CLIP: zero-shot, search")
+    root = commands.root.add_parser(
+        "clip",
+        help="use a trained CLIP: zero-shot, search",
+        description="Use a trained CLIP run: classify images among labels, or search a folder.",
+    )
     sub = root.add_subparsers(dest="clip_command", metavar="ACTION", required=True)
-    zero = sub.add_parser("zero-shot", help="classify images among text labels")
-    zero.add_argument("--run", type=Path, required=True)
+    zero = sub.add_parser(
+        "zero-shot",
+        help="classify images among text labels",
+        description="Classify each image among the --labels (CLIP's zero-shot classifier).",
+    )
+    zero.add_argument("--run", type=Path, required=True, help="CLIP run directory")
     zero.add_argument("--labels", required=True, help='comma-separated: "red circle,blue star"')
     zero.add_argument(
         "--template",
@@ -66,11 +102,17 @@ def register(commands) -> None:
     )
     zero.add_argument("images", nargs="+", type=Path, help="image files")
     zero.set_defaults(func=zero_shot)
-    search = sub.add_parser("search", help="find the images that best match a text")
-    search.add_argument("--run", type=Path, required=True)
-    search.add_argument("--text", required=True)
+    search = sub.add_parser(
+        "search",
+        help="find the images that best match a text",
+        description="Rank the images of a folder by their similarity to --text.",
+    )
+    search.add_argument("--run", type=Path, required=True, help="CLIP run directory")
+    search.add_argument(
+        "--text", type=non_empty_text, required=True, help='what to look for, e.g. "red circle"'
+    )
     search.add_argument("--images", type=Path, required=True, help="folder of images")
-    search.add_argument("--top", type=int, default=5)
+    search.add_argument("--top", type=positive_int, default=5, help="matches to show")
     search.add_argument("--grid", type=Path, default=None, help="save the matches as a PNG")
     search.set_defaults(func=search_images)
 

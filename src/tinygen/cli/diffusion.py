@@ -6,7 +6,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, finish_training
+from tinygen.cli.common import (
+    add_dataclass_flags,
+    dataclass_from_args,
+    field_type,
+    finish_training,
+    positive_int,
+    train_config_from_args,
+)
+from tinygen.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES
+from tinygen.models.diffusion import CONDITIONINGS, DiffusionConfig
 from tinygen.nn.unet import UNetConfig
 from tinygen.recipes import diffusion as diffusion_recipes
 from tinygen.recipes.diffusion_sampling import parse_labels  # noqa: F401 - its old home
@@ -22,24 +31,40 @@ def register(commands) -> None:
         ("diffusion", "train a DDPM-style diffusion model (U-Net)"),
         ("noisy-classifier", "train a classifier on noisy images x_t, for classifier guidance"),
     ):
-        train = commands.train.add_parser(name, help=helptext, description=helptext)
+        train = commands.train.add_parser(
+            name,
+            help=helptext,
+            description=f"{helptext[0].upper()}{helptext[1:]}. The defaults shown are the "
+            "shapes preset's (another --preset brings its own).",
+        )
         train.add_argument(
             "--data",
             default="shapes",
             help="shapes (the built-in world) | PATH to a folder of images",
         )
-        train.add_argument("--preset", choices=sorted(PRESETS), default="shapes")
+        train.add_argument(
+            "--preset",
+            choices=sorted(PRESETS),
+            default="shapes",
+            help="named config (default shapes: the 30-minute recipe; tiny: a smoke test)",
+        )
         train.add_argument(
             "--schedule",
             dest="beta_schedule",
+            choices=BETA_SCHEDULES,
             default=None,
             help="beta schedule: linear | scaled_linear | cosine (default: the preset's; "
             "shapes: cosine, tiny: linear)",
         )
-        train.add_argument("--num-train-timesteps", type=int, default=1000)
+        train.add_argument(
+            "--num-train-timesteps",
+            type=field_type(DiffusionConfig, "num_train_timesteps"),
+            default=1000,
+            help="steps of the forward (noising) process",
+        )
         train.add_argument(
             "--n-train",
-            type=int,
+            type=positive_int,
             default=20000,
             help="shapes images to draw for training (default 20000)",
         )
@@ -52,19 +77,21 @@ def register(commands) -> None:
             train.add_argument(
                 "--cond",
                 dest="conditioning",
+                choices=CONDITIONINGS,
                 default="none",
                 help="none | class ((colour, shape) label with a null label)",
             )
             train.add_argument(
                 "--objective",
                 dest="prediction_type",
+                choices=PREDICTION_TYPES,
                 default=None,
                 help="epsilon | sample | v_prediction (default: the preset's; "
                 "shapes: v_prediction, tiny: epsilon)",
             )
             train.add_argument(
                 "--min-snr-gamma",
-                type=float,
+                type=field_type(DiffusionConfig, "min_snr_gamma"),
                 default=0.0,
                 help="min-SNR-gamma loss weighting (e.g. 5); 0 disables",
             )
@@ -77,12 +104,22 @@ def register(commands) -> None:
             )
             train.add_argument(
                 "--cond-drop-prob",
-                type=float,
+                type=field_type(DiffusionConfig, "cond_drop_prob"),
                 default=0.1,
                 help="how often the label is dropped for CFG (default 0.1)",
             )
-        add_dataclass_flags(train, UNetConfig, exclude=UNET_EXCLUDE, title="U-Net")
-        add_dataclass_flags(train, TrainConfig, title="training")
+        shapes, source = PRESETS["shapes"], "the shapes preset's"
+        add_dataclass_flags(
+            train,
+            UNetConfig,
+            exclude=UNET_EXCLUDE,
+            title="U-Net",
+            defaults=shapes.model.unet,
+            source=source,
+        )
+        add_dataclass_flags(
+            train, TrainConfig, title="training", defaults=shapes.train, source=source
+        )
         train.set_defaults(func=train_diffusion if name == "diffusion" else train_classifier)
 
 
@@ -98,7 +135,7 @@ def _configs(args: argparse.Namespace) -> tuple[UNetConfig, TrainConfig]:
     if "prediction_type" in vars(args) and args.prediction_type is None:  # (a classifier has none)
         args.prediction_type = preset.model.prediction_type
     unet = dataclass_from_args(UNetConfig, args, preset.model.unet)
-    train = dataclass_from_args(TrainConfig, args, preset.train)
+    train = train_config_from_args(args, preset.train)
     # refuse a bad config or an absent --device cuda before drawing 20,000 images
     unet.validate()
     train.validate()
@@ -113,8 +150,6 @@ def _load_data(args: argparse.Namespace, image_size: int, seed: int):
 
 
 def train_diffusion(args: argparse.Namespace) -> int:
-    from tinygen.models.diffusion import DiffusionConfig
-
     unet, train_config = _configs(args)
     data = _load_data(args, unet.image_size, train_config.seed)
     config = DiffusionConfig(

@@ -8,16 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinygen.cli.common import comma_list, non_negative_float, positive_int, unit_interval
+from tinygen.cli.diffusion_flags import STEPS, add_sampling_flags, check_flag_pairs, or_default
+from tinygen.cli.diffusion_flags import sampler_config as _sampler
 from tinygen.errors import TinygenError
 from tinygen.recipes.diffusion_sampling import parse_labels
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def register(commands) -> None:
@@ -26,23 +21,30 @@ def register(commands) -> None:
         help="draw images from a trained diffusion run",
         description="Draw a grid of samples and a denoising strip (x_t and predicted x_0).",
     )
-    _add_sampling_flags(sample)
-    sample.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
-    sample.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    add_sampling_flags(sample)
+    sample.add_argument(
+        "--sampler", choices=("ddpm", "ddim"), default="ddim", help="reverse process (default ddim)"
+    )
+    sample.add_argument("--steps", type=STEPS, default=50, help="sampling steps (default 50)")
     sample.add_argument(
         "--guidance",
-        type=float,
+        type=non_negative_float,
         default=2.0,
         help="classifier-free guidance scale (class models; default 2)",
     )
-    sample.add_argument("--classifier-scale", type=float, default=1.0)
+    sample.add_argument(
+        "--classifier-scale",
+        type=non_negative_float,
+        default=None,
+        help="with --classifier: strength of classifier guidance (default 1)",
+    )
     sample.add_argument(
         "--label",
         default=None,
         help='class to draw, e.g. "red circle" (comma-separate several); '
         "default: cycle through the classes",
     )
-    sample.add_argument("--n", type=int, default=16, help="images (default 16)")
+    sample.add_argument("--n", type=positive_int, default=16, help="images (default 16)")
     sample.add_argument(
         "--init-image",
         type=Path,
@@ -52,12 +54,12 @@ def register(commands) -> None:
     )
     sample.add_argument(
         "--strength",
-        type=float,
+        type=unit_interval,
         default=None,
         help="with --init-image: how far up the chain to noise it, in [0, 1] (0 keeps the "
         "image, 1 ignores it; default 0.6)",
     )
-    sample.add_argument("--out", type=Path, default=Path("grid.png"))
+    sample.add_argument("--out", type=Path, default=Path("grid.png"), help="grid picture (PNG)")
     sample.add_argument(
         "--strip", type=Path, default=None, help="denoising strip picture (default OUT_strip.png)"
     )
@@ -70,23 +72,35 @@ def register(commands) -> None:
         "steps combination; steps equal to the training steps use DDPM, fewer "
         "DDIM. Writes eval.json, eval.md and fidelity_diversity.png.",
     )
-    _add_sampling_flags(evaluate)
-    evaluate.add_argument("--guidance", type=_floats, default=[0.0, 1.0, 2.0, 4.0])
-    evaluate.add_argument("--steps", type=_ints, default=[10, 25, 50, 1000])
+    add_sampling_flags(evaluate)
+    evaluate.add_argument(
+        "--guidance",
+        type=comma_list(non_negative_float),
+        default=[0.0, 1.0, 2.0, 4.0],
+        help="comma-separated classifier-free guidance scales to sweep",
+    )
+    evaluate.add_argument(
+        "--steps",
+        type=comma_list(STEPS),
+        default=[10, 25, 50, 1000],
+        help="comma-separated step counts to sweep (the training steps: DDPM)",
+    )
     evaluate.add_argument(
         "--classifier-scales",
-        type=_floats,
+        type=comma_list(non_negative_float),
         default=None,
         help="with --classifier: sweep these scales (e.g. 0,1,2,4,8)",
     )
-    evaluate.add_argument("--n", type=int, default=256, help="images per setting")
+    evaluate.add_argument("--n", type=positive_int, default=256, help="images per setting")
     evaluate.add_argument(
         "--n-ddpm",
-        type=int,
+        type=positive_int,
         default=None,
         help="images for full-length DDPM settings (default --n)",
     )
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument(
+        "--batch-size", type=positive_int, default=256, help="images sampled at once"
+    )
     evaluate.add_argument(
         "--split",
         choices=("val", "heldout"),
@@ -100,44 +114,10 @@ def register(commands) -> None:
         default=None,
         help="evaluator run (default: $TINYGEN_EVALUATOR, the cache, runs/evaluator)",
     )
-    evaluate.add_argument("--out", type=Path, default=None, help="default RUN/eval")
+    evaluate.add_argument(
+        "--out", type=Path, default=None, help="report directory (default RUN/eval)"
+    )
     evaluate.set_defaults(func=eval_diffusion)
-
-
-def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="diffusion run directory")
-    parser.add_argument(
-        "--checkpoint",
-        choices=("ema", "best", "last"),
-        default="ema",
-        help="weights to load (default ema; falls back to last without EMA)",
-    )
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
-    parser.add_argument(
-        "--spacing",
-        choices=("leading", "trailing", "linspace"),
-        default="leading",
-        help="which training timesteps the steps visit: leading (0, k, 2k, ...; default, as "
-        "diffusers), trailing (down from T - 1: the first step starts from the noisiest one) "
-        "or linspace",
-    )
-    parser.add_argument(
-        "--thresholding",
-        action="store_true",
-        help="dynamic thresholding of the predicted x_0 (Imagen) instead of clipping",
-    )
-    parser.add_argument(
-        "--no-recompute-eps",
-        dest="recompute_eps",
-        action="store_false",
-        help="DDIM: keep the model's own eps after clipping x_0 (diffusers' default) instead "
-        "of recomputing it from the clipped x_0; drifts to wrong colours under strong guidance",
-    )
-    parser.add_argument(
-        "--classifier", type=Path, default=None, help="noisy-classifier run for classifier guidance"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
 
 
 # -- sampling and evaluation ---------------------------------------------------------------
@@ -154,19 +134,6 @@ def _load(args: argparse.Namespace):
     return model, classifier, device
 
 
-def _sampler(args: argparse.Namespace, sampler: str = "ddim", steps: int = 50):
-    from tinygen.diffusion.sampling import SamplerConfig
-
-    return SamplerConfig(
-        sampler=sampler,
-        steps=steps,
-        eta=args.eta,
-        spacing=args.spacing,
-        thresholding=args.thresholding,
-        recompute_eps=args.recompute_eps,
-    )
-
-
 def sample_diffusion(args: argparse.Namespace) -> int:
     from tinygen.data.image_folder import save_image_grid
     from tinygen.io import check_output_file
@@ -180,12 +147,9 @@ def sample_diffusion(args: argparse.Namespace) -> int:
     if args.strip is not None:
         args.strip = check_output_file(args.strip, "--strip")
 
-    if args.n <= 0:
-        raise TinygenError(f"--n must be positive, got {args.n}")
+    check_flag_pairs(args)
     if args.strength is not None and args.init_image is None:
         raise TinygenError("--strength needs --init-image (the picture to start from)")
-    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
-        raise TinygenError(f"--strength must be in [0, 1] (0 keeps the image), got {args.strength}")
     sampler = _sampler(args, args.sampler, args.steps)  # bad settings fail before any loading
     model, classifier, device = _load(args)
     uses_labels = model.config.class_conditional or classifier is not None
@@ -202,7 +166,7 @@ def sample_diffusion(args: argparse.Namespace) -> int:
         labels=labels,
         guidance=args.guidance,
         classifier=classifier,
-        classifier_scale=args.classifier_scale if classifier is not None else 0.0,
+        classifier_scale=0.0 if classifier is None else or_default(args.classifier_scale, 1.0),
         init_image=init,
         strength=args.strength if args.strength is not None else (0.6 if init is not None else 1.0),
         seed=args.seed,
@@ -224,6 +188,7 @@ def eval_diffusion(args: argparse.Namespace) -> int:
     from tinygen.io import check_writable_dir, next_free_dir
     from tinygen.recipes.diffusion_sampling import sweep_settings
 
+    check_flag_pairs(args)
     wanted = args.out or args.run / "eval"
     out = next_free_dir(check_writable_dir(wanted, "--out"), "eval.json")
     if out != wanted:  # hours of sampling are never replaced without a word
@@ -231,15 +196,15 @@ def eval_diffusion(args: argparse.Namespace) -> int:
     model, classifier, device = _load(args)
     evaluator = load_evaluator(args.evaluator, device=device)
     total = model.config.num_train_timesteps
-    if classifier is not None and args.classifier_scales is None:
-        raise TinygenError("--classifier needs --classifier-scales (e.g. 0,1,2,4,8)")
+    if args.eta is not None and all(steps == total for steps in args.steps):
+        raise TinygenError(f"--eta applies to DDIM settings only; every --steps is {total} (DDPM)")
     settings = sweep_settings(
         num_train_timesteps=total,
         class_conditional=model.config.class_conditional,
         guidance=args.guidance,
         steps=args.steps,
         classifier_scales=args.classifier_scales if classifier is not None else None,
-        eta=args.eta,
+        eta=or_default(args.eta, 0.0),
         thresholding=args.thresholding,
         recompute_eps=args.recompute_eps,
         spacing=args.spacing,

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, train_config_from_args
-from tinygen.errors import TinygenError
+from tinygen.cli.common import (
+    add_dataclass_flags,
+    checked,
+    dataclass_from_args,
+    positive_float,
+    positive_int,
+    train_config_from_args,
+)
 from tinygen.train.config import TrainConfig
 
 
 def register(commands) -> None:
     """Add this family's subcommands to `commands` (see tinygen.cli.main.Commands)."""
-    from tinygen.recipes.finetune_gpt import FinetuneConfig
+    from tinygen.recipes.finetune_gpt import DEFAULT_LR, FinetuneConfig, default_train_config
+    from tinygen.recipes.finetune_hf import DEFAULT_TRAIN
     from tinygen.recipes.finetune_toy import ToyConfig
 
     finetune = commands.root.add_parser(
@@ -25,7 +31,12 @@ def register(commands) -> None:
     )
     kinds = finetune.add_subparsers(dest="kind", metavar="KIND", required=True)
 
-    toy = kinds.add_parser("toy", help="LoRA-adapt a 2-D classifier to a rotated task")
+    toy = kinds.add_parser(
+        "toy",
+        help="LoRA-adapt a 2-D classifier to a rotated task",
+        description="Train an MLP on two moons, then LoRA-adapt it to the rotated task; "
+        "draws both decision boundaries (seconds on a CPU).",
+    )
     add_dataclass_flags(toy, ToyConfig)
     toy.add_argument(
         "--out",
@@ -35,33 +46,64 @@ def register(commands) -> None:
     )
     toy.set_defaults(func=run_toy_command)
 
-    gpt = kinds.add_parser("gpt", help="fine-tune a trained GPT: full | lora | qlora")
+    gpt = kinds.add_parser(
+        "gpt",
+        help="fine-tune a trained GPT: full | lora | qlora",
+        description="Fine-tune a `tinygen train gpt` run on another corpus: every weight "
+        "(full), a LoRA adapter, or one on 4-bit NF4 weights (qlora). The training defaults "
+        "shown are --method lora's; the learning rate is "
+        + ", ".join(f"{lr:g} for {method}" for method, lr in DEFAULT_LR.items())
+        + " (the floor a tenth of it).",
+    )
     gpt.add_argument("--base", type=Path, required=True, help="run directory of the base GPT")
     gpt.add_argument("--out", type=Path, required=True, help="output directory")
     gpt.add_argument("--resume", action="store_true", help="continue the run in --out")
     gpt.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_flags(gpt, FinetuneConfig, title="fine-tuning")
-    add_dataclass_flags(gpt, TrainConfig, title="training")
+    add_dataclass_flags(
+        gpt,
+        TrainConfig,
+        title="training",
+        defaults=default_train_config("lora"),
+        source="--method lora's",
+    )
     gpt.set_defaults(func=run_gpt_command)
 
     hf = kinds.add_parser(
-        "hf", help="LoRA / QLoRA on a Hugging Face causal LM (transformers + PEFT)"
+        "hf",
+        help="LoRA / QLoRA on a Hugging Face causal LM (transformers + PEFT)",
+        description="LoRA or QLoRA on a Hugging Face causal language model through PEFT; "
+        "saves an adapter PEFT loads. The training defaults shown are this command's.",
     )
     hf.add_argument("--model", required=True, help="hub name or local model directory")
     hf.add_argument("--data", type=Path, required=True, help="UTF-8 text file to train on")
-    hf.add_argument("--method", choices=("lora", "qlora"), default="lora")
+    hf.add_argument(
+        "--method",
+        choices=("lora", "qlora"),
+        default="lora",
+        help="lora, or qlora (4-bit NF4 base weights)",
+    )
     hf.add_argument("--out", type=Path, required=True, help="where the adapter goes")
-    hf.add_argument("--r", type=int, default=8, help="LoRA rank (default 8)")
-    hf.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
-    hf.add_argument("--lora-dropout", type=float, default=0.05)
+    hf.add_argument("--r", type=positive_int, default=8, help="LoRA rank (default 8)")
+    hf.add_argument("--alpha", type=positive_float, default=16.0, help="LoRA alpha (default 16)")
+    hf.add_argument(
+        "--lora-dropout",
+        type=checked(float, min=0, below=1),
+        default=0.05,
+        help="dropout on the adapter's input",
+    )
     hf.add_argument(
         "--targets",
         default="all-linear",
         help="comma-separated module names or all-linear (default)",
     )
-    hf.add_argument("--block-size", type=int, default=256, help="tokens per training window")
+    hf.add_argument(
+        "--block-size", type=positive_int, default=256, help="tokens per training window"
+    )
     hf.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_flags(hf, TrainConfig, title="training")
+    add_dataclass_flags(
+        hf, TrainConfig, title="training", defaults=DEFAULT_TRAIN, source="this command's"
+    )
     hf.set_defaults(func=run_hf_command)
 
     memory = commands.root.add_parser(
@@ -77,7 +119,7 @@ def register(commands) -> None:
         help="llama-2-7b | llama-2-13b | llama-2-70b | HF config.json or model "
         "directory | tinygen run directory",
     )
-    memory.add_argument("--r", type=int, default=8, help="LoRA rank (default 8)")
+    memory.add_argument("--r", type=positive_int, default=8, help="LoRA rank (default 8)")
     memory.add_argument(
         "--targets",
         default=None,
@@ -106,9 +148,7 @@ def run_gpt_command(args: argparse.Namespace) -> int:
 
     ft = dataclass_from_args(FinetuneConfig, args)
     ft.validate()
-    train = train_config_from_args(args, default_train_config(ft.method))
-    if args.learning_rate is not None and args.min_lr is None:
-        train = dataclasses.replace(train, min_lr=args.learning_rate / 10)
+    train = train_config_from_args(args, default_train_config(ft.method))  # (floor: lr / 10)
     try:
         result = finetune_gpt(
             args.base, args.out, ft, train, resume=args.resume, progress=not args.no_progress
@@ -131,9 +171,7 @@ def run_gpt_command(args: argparse.Namespace) -> int:
 def run_hf_command(args: argparse.Namespace) -> int:
     from tinygen.recipes.finetune_hf import DEFAULT_TRAIN, finetune_hf
 
-    train = dataclass_from_args(TrainConfig, args, DEFAULT_TRAIN)
-    if args.r <= 0:
-        raise TinygenError(f"--r must be a positive integer, got {args.r}")
+    train = train_config_from_args(args, DEFAULT_TRAIN)
     result = finetune_hf(
         args.model,
         args.data,
@@ -154,7 +192,5 @@ def run_hf_command(args: argparse.Namespace) -> int:
 def run_memory_command(args: argparse.Namespace) -> int:
     from tinygen.finetune.memory import memory_report, resolve_inventory
 
-    if args.r <= 0:
-        raise TinygenError(f"--r must be a positive integer, got {args.r}")
     print(memory_report(resolve_inventory(args.model), _split_targets(args.targets), args.r))
     return 0

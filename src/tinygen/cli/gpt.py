@@ -7,10 +7,14 @@ from pathlib import Path
 
 from tinygen.cli.common import (
     add_dataclass_flags,
+    checked,
     dataclass_from_args,
     finish_training,
+    non_negative_float,
+    positive_int,
     train_config_from_args,
 )
+from tinygen.errors import TinygenError
 from tinygen.models.gpt import GPTConfig
 from tinygen.recipes.gpt import PRESETS
 from tinygen.train.config import TrainConfig
@@ -20,7 +24,8 @@ def register(commands) -> None:
     train = commands.train.add_parser(
         "gpt",
         help="train a character-level GPT (nanoGPT) on a text corpus",
-        description="Train a character-level GPT. Any model or training field is a flag.",
+        description="Train a character-level GPT. Any model or training field is a flag; "
+        "the defaults shown are the baby preset's (another --preset brings its own).",
     )
     train.add_argument(
         "--preset",
@@ -41,8 +46,18 @@ def register(commands) -> None:
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_flags(train, GPTConfig, exclude=("vocab_size",), title="model")
-    add_dataclass_flags(train, TrainConfig, title="training")
+    baby = PRESETS["baby"]
+    add_dataclass_flags(
+        train,
+        GPTConfig,
+        exclude=("vocab_size",),
+        title="model",
+        defaults=baby.model,
+        source="the baby preset's",
+    )
+    add_dataclass_flags(
+        train, TrainConfig, title="training", defaults=baby.train, source="the baby preset's"
+    )
     train.set_defaults(func=train_gpt)
 
     sample = commands.sample.add_parser(
@@ -52,14 +67,33 @@ def register(commands) -> None:
     )
     sample.add_argument("--run", type=Path, required=True, help="run directory")
     sample.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
-    sample.add_argument("--max-new-tokens", type=int, default=500)
-    sample.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    sample.add_argument("--top-k", type=int, default=None)
-    sample.add_argument("--top-p", type=float, default=None)
-    sample.add_argument("--seed", type=int, default=1337)
-    sample.add_argument("--num-samples", type=int, default=1)
+    sample.add_argument(
+        "--max-new-tokens", type=positive_int, default=500, help="characters to generate"
+    )
+    sample.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=0.8,
+        help="divides the logits; 0 = greedy, higher = more random",
+    )
+    sample.add_argument(
+        "--top-k", type=positive_int, default=None, help="sample among the k likeliest only"
+    )
+    sample.add_argument(
+        "--top-p",
+        type=checked(float, above=0, max=1),
+        default=None,
+        help="nucleus sampling: among the likeliest tokens whose probabilities sum to p",
+    )
+    sample.add_argument("--seed", type=int, default=1337, help="seed of the sampling")
+    sample.add_argument("--num-samples", type=positive_int, default=1, help="texts to generate")
     sample.add_argument("--no-cache", action="store_true", help="recompute the context every step")
-    sample.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    sample.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="weights: best (lowest validation loss) or last",
+    )
     sample.add_argument(
         "--adapter",
         type=Path,
@@ -69,7 +103,7 @@ def register(commands) -> None:
     sample.add_argument(
         "--merge", action="store_true", help="merge the adapter into the weights before sampling"
     )
-    sample.add_argument("--device", default="auto")
+    sample.add_argument("--device", default="auto", help="auto | cpu | cuda")
     sample.set_defaults(func=sample_gpt)
 
 
@@ -100,6 +134,8 @@ def sample_gpt(args: argparse.Namespace) -> int:
     from tinygen.recipes.gpt import load_gpt, stream_samples
     from tinygen.train.device import resolve_device
 
+    if args.merge and args.adapter is None:
+        raise TinygenError("--merge needs --adapter (the LoRA adapter to merge into --run)")
     model, tokenizer = load_gpt(
         args.run,
         args.checkpoint,

@@ -44,7 +44,9 @@ class Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from tinygen.cli.common import Parser, document_flags  # (after the thread policy is set)
+
+    parser = Parser(
         prog="tinygen", description="The generative-AI stack, from scratch, on your laptop."
     )
     root = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"tinygen.cli.{name}").register(commands)
     add_threads_option(parser)
+    document_flags(parser)
     return parser
 
 
@@ -78,7 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     early = threads_from_argv(argv)
     apply_thread_policy(early)  # before the command modules import torch (and libgomp)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if not argv:  # `tinygen` alone: the commands, as argparse's usage error would not list
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv)
+    except TinygenError as e:  # a flag argparse refused (cli.common.Parser): one line
+        print(f"tinygen: error: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "threads", None) not in (None, early):  # e.g. an abbreviated --thr
         apply_thread_policy(args.threads)
     code = 1

@@ -4,26 +4,24 @@ encoder-decoder Transformer on number <-> words, dates, or a parallel TSV file."
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, filter_fields
+from tinygen.cli.common import (
+    add_dataclass_flags,
+    dataclass_from_args,
+    filter_fields,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    train_config_from_args,
+)
 from tinygen.errors import TinygenError
 from tinygen.models.seq2seq import Seq2SeqConfig
 from tinygen.recipes.seq2seq import PRESETS
 from tinygen.train.config import TrainConfig
 
 DEFAULT = PRESETS["default"]
-
-
-def _recipe() -> dict:
-    generic = TrainConfig()
-    return {
-        f.name: getattr(DEFAULT.train, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if getattr(DEFAULT.train, f.name) != getattr(generic, f.name)
-    }
 
 
 MODEL_FLAGS_EXCLUDED = ("src_vocab_size", "tgt_vocab_size", "share_embeddings")
@@ -34,11 +32,15 @@ def register(commands) -> None:
         "seq2seq",
         help="train the encoder-decoder Transformer on a translation task",
         description="Train the encoder-decoder Transformer (Vaswani et al. 2017). Built-in "
-        "tasks need no download; --data PATH reads source<TAB>target lines.",
-        epilog="Training defaults for seq2seq (they replace the generic ones shown above): "
-        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in _recipe().items()),
+        "tasks need no download; --data PATH reads source<TAB>target lines. The defaults "
+        "shown are the seq2seq recipe's (docs/benchmarks.md).",
     )
-    train.add_argument("--task", choices=("number-words", "dates"), default="number-words")
+    train.add_argument(
+        "--task",
+        choices=("number-words", "dates"),
+        default="number-words",
+        help="built-in task: numbers <-> English words, or dates in two formats",
+    )
     train.add_argument(
         "--direction",
         choices=("to-words", "to-digits"),
@@ -57,16 +59,16 @@ def register(commands) -> None:
     train.add_argument(
         "--task-seed", type=int, default=0, help="seed of the held-out sets (kept out of training)"
     )
-    train.add_argument("--n-heldout", type=int, default=2000, help="test set size")
+    train.add_argument("--n-heldout", type=positive_int, default=2000, help="test set size")
     train.add_argument(
         "--eval-examples",
-        type=int,
+        type=non_negative_int,
         default=500,
         help="validation pairs decoded (greedy) at each evaluation; 0 = none",
     )
     train.add_argument(
         "--final-beam",
-        type=int,
+        type=positive_int,
         default=4,
         help="after training, score greedy and this beam on the test set",
     )
@@ -77,8 +79,16 @@ def register(commands) -> None:
         help="continue the run in --out (its saved task and model config)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_flags(train, Seq2SeqConfig, exclude=MODEL_FLAGS_EXCLUDED, title="model")
-    add_dataclass_flags(train, TrainConfig, title="training")
+    recipe = "the seq2seq recipe's"
+    add_dataclass_flags(
+        train,
+        Seq2SeqConfig,
+        exclude=MODEL_FLAGS_EXCLUDED,
+        title="model",
+        defaults=DEFAULT.model,
+        source=recipe,
+    )
+    add_dataclass_flags(train, TrainConfig, title="training", defaults=DEFAULT.train, source=recipe)
     train.set_defaults(func=train_seq2seq)
 
     translate = commands.root.add_parser(
@@ -86,7 +96,9 @@ def register(commands) -> None:
         help="translate text with a trained seq2seq run",
         description="Translate each TEXT (or each line of stdin when none is given).",
     )
-    translate.add_argument("texts", nargs="*", metavar="TEXT")
+    translate.add_argument(
+        "texts", nargs="*", metavar="TEXT", help="inputs to translate (default: stdin's lines)"
+    )
     translate.add_argument("--run", type=Path, required=True, help="run directory")
     _add_decode_flags(translate, default_beam=1)
     translate.add_argument(
@@ -110,24 +122,31 @@ def register(commands) -> None:
     )
     evaluate.add_argument("--run", type=Path, required=True, help="run directory")
     _add_decode_flags(evaluate, default_beam=4)
-    evaluate.add_argument("--limit", type=int, default=None, help="score only the first N")
+    evaluate.add_argument(
+        "--limit", type=positive_int, default=None, help="score only the first N (default all)"
+    )
     evaluate.set_defaults(func=eval_command)
 
 
 def _add_decode_flags(parser: argparse.ArgumentParser, *, default_beam: int) -> None:
     parser.add_argument(
         "--beam",
-        type=int,
+        type=positive_int,
         default=default_beam,
         help=f"beam size; 1 = greedy (default {default_beam})",
     )
     parser.add_argument(
         "--length-penalty",
-        type=float,
+        type=non_negative_float,
         default=0.6,
         help="GNMT alpha for beam search; 0 = raw log-probability (default 0.6, the paper's)",
     )
-    parser.add_argument("--checkpoint", choices=("best", "last", "ema"), default="best")
+    parser.add_argument(
+        "--checkpoint",
+        choices=("best", "last", "ema"),
+        default="best",
+        help="weights: best (validation), last, or ema (when trained with --ema-decay)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
 
 
@@ -158,7 +177,7 @@ def train_seq2seq(args: argparse.Namespace) -> int:
         base = DEFAULT.model
     result, scores = train_seq2seq(
         dataclass_from_args(Seq2SeqConfig, args, base),
-        dataclass_from_args(TrainConfig, args, DEFAULT.train),
+        train_config_from_args(args, DEFAULT.train),
         args.out,
         data,
         resume=args.resume,
@@ -216,7 +235,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     translator = _load(args)
     data = saved_data(load_run_config(args.run))
-    pairs = data.test_pairs[: args.limit] if args.limit else data.test_pairs
+    pairs = data.test_pairs[: args.limit] if args.limit is not None else data.test_pairs
     beams = (1,) if args.beam <= 1 else (1, args.beam)
     _print_scores(evaluate_heldout(translator, pairs, beams=beams, alpha=args.length_penalty))
     return 0

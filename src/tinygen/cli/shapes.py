@@ -13,8 +13,15 @@ import json
 import sys
 from pathlib import Path
 
-from tinygen.cli.common import add_dataclass_flags, dataclass_from_args, train_config_from_args
-from tinygen.errors import TinygenError
+from tinygen.cli.common import (
+    add_dataclass_flags,
+    checked,
+    comma_list,
+    dataclass_from_args,
+    non_negative_float,
+    positive_int,
+    train_config_from_args,
+)
 from tinygen.models.shapes_evaluator import EvaluatorConfig
 from tinygen.recipes.evaluator import PRESETS
 from tinygen.train.config import TrainConfig
@@ -25,7 +32,8 @@ def register(commands) -> None:
         "evaluator",
         help="train the shapes evaluator (judges generated shapes images)",
         description="Train the CNN that reads shape, colour, size and position from shapes "
-        "images, then install it for tinygen.eval.prompt_fidelity.",
+        "images, then install it for tinygen.eval.prompt_fidelity. The defaults shown are the "
+        "evaluator recipe's.",
     )
     train.add_argument(
         "--out",
@@ -42,8 +50,9 @@ def register(commands) -> None:
         "uses (default: only if none is installed yet; --install replaces one)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_flags(train, EvaluatorConfig, title="model")
-    add_dataclass_flags(train, TrainConfig, title="training")
+    recipe, source = PRESETS["default"], "the evaluator recipe's"
+    add_dataclass_flags(train, EvaluatorConfig, title="model", defaults=recipe.model, source=source)
+    add_dataclass_flags(train, TrainConfig, title="training", defaults=recipe.train, source=source)
     train.set_defaults(func=train_evaluator)
 
     evaluate = commands.eval.add_parser(
@@ -57,12 +66,20 @@ def register(commands) -> None:
         default=None,
         help="evaluator run directory (default: the installed one)",
     )
-    evaluate.add_argument("--n", type=int, default=2000, help="test images (default 2000)")
+    evaluate.add_argument("--n", type=positive_int, default=2000, help="test images (default 2000)")
     evaluate.add_argument(
-        "--noise", default="0,0.05,0.1,0.2", help="comma-separated noise std in [-1, 1] units"
+        "--noise",
+        type=comma_list(non_negative_float),
+        default=[0.0, 0.05, 0.1, 0.2],
+        help="comma-separated noise std in [-1, 1] units",
     )
-    evaluate.add_argument("--split", default="test", choices=("test", "heldout"))
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "heldout"),
+        help="test images of the seen (colour, shape) pairs, or of the held-out ones",
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the test images")
     evaluate.set_defaults(func=eval_evaluator)
 
     sample = commands.sample.add_parser(
@@ -70,15 +87,22 @@ def register(commands) -> None:
         help="save a grid of shapes-world images",
         description="Generate shapes images and save them as one PNG grid; prints prompts.",
     )
-    sample.add_argument("--n", type=int, default=16, help="images (default 16)")
+    sample.add_argument("--n", type=positive_int, default=16, help="images (default 16)")
     sample.add_argument("--out", type=Path, default=Path("shapes.png"), help="PNG path")
     sample.add_argument(
-        "--split", default="test", choices=("train", "val", "test", "heldout", "evaluator")
+        "--split",
+        default="test",
+        choices=("train", "val", "test", "heldout", "evaluator"),
+        help="which part of the world the images come from",
     )
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--image-size", type=int, default=32)
+    sample.add_argument("--seed", type=int, default=0, help="seed of the images")
+    sample.add_argument(
+        "--image-size", type=checked(int, min=16), default=32, help="pixels per side"
+    )
     sample.add_argument("--two-objects", action="store_true", help="scenes with a relation")
-    sample.add_argument("--scale", type=int, default=4, help="pixel magnification (default 4)")
+    sample.add_argument(
+        "--scale", type=positive_int, default=4, help="pixel magnification (default 4)"
+    )
     sample.set_defaults(func=sample_shapes)
 
 
@@ -113,12 +137,7 @@ def eval_evaluator(args: argparse.Namespace) -> int:
     from tinygen.eval.fidelity import load_evaluator
     from tinygen.recipes.evaluator import accuracy_under_noise
 
-    try:
-        sigmas = tuple(float(s) for s in args.noise.split(",") if s.strip())
-    except ValueError as e:
-        raise TinygenError(f"--noise must be comma-separated numbers, got {args.noise!r}") from e
-    if args.n <= 0:
-        raise TinygenError("--n must be positive")
+    sigmas = tuple(args.noise)
     model = load_evaluator(args.run)
     table = accuracy_under_noise(model, n=args.n, sigmas=sigmas, split=args.split, seed=args.seed)
     for sigma, accuracy in table.items():
