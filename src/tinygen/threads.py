@@ -152,7 +152,8 @@ def apply_thread_policy(
     if torch_loaded and user_threads is None:
         _applied = None
         return None
-    processes = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    local = environ.get("LOCAL_WORLD_SIZE", "1")
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1
     cores = usable_cores()
     load = other_load(cores, processes)
     env_threads = environ.get("OMP_NUM_THREADS", "")
