@@ -194,10 +194,10 @@ def eval_diffusion(args: argparse.Namespace) -> int:
     if out != wanted:  # hours of sampling are never replaced without a word
         print(f"{wanted} holds an earlier evaluation; this one goes to {out}", file=sys.stderr)
     model, classifier, device = _load(args)
-    evaluator = load_evaluator(args.evaluator, device=device)
     total = model.config.num_train_timesteps
     if args.eta is not None and all(steps == total for steps in args.steps):
         raise TinygenError(f"--eta applies to DDIM settings only; every --steps is {total} (DDPM)")
+    evaluator = load_evaluator(args.evaluator, device=device)
     settings = sweep_settings(
         num_train_timesteps=total,
         class_conditional=model.config.class_conditional,
