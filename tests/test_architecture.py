@@ -21,6 +21,8 @@ PACKAGE = SRC / "tinygen"
 FLOORS = {
     "errors": 0,
     "io": 0,
+    "threads": 0,
+    "fields": 0,
     "nn": 1,
     "data": 1,
     "diffusion": 1,
