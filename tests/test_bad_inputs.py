@@ -200,6 +200,14 @@ CASES = [
     ("train diffusion --out {out} --dropout -0.5", "--dropout"),
     ("train noisy-classifier --out {out} --num-train-timesteps 0", "--num-train-timesteps"),
     ("train noisy-classifier --out {out} --norm-groups 0", "--norm-groups"),
+    # seeds are integers >= 0 everywhere (the shapes world's generator refuses others late)
+    ("train clip --out {out} --data-seed -1", "--data-seed"),
+    ("train diffusion --out {out} --seed -1", "--seed"),
+    ("train seq2seq --out {out} --task-seed -1", "--task-seed"),
+    ("sample shapes --out {out}.png --seed -1", "--seed"),
+    ("sample diffusion --run {diffusion} --out {out}.png --seed -1", "--seed"),
+    ("eval evaluator --seed -2", "--seed"),
+    ("finetune toy --out {out} --seed -1", "--seed"),
     # commands
     ("train", "gpt"),
     ("bogus", "COMMAND"),

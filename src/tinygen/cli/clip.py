@@ -11,6 +11,7 @@ from tinygen.cli.common import (
     dataclass_from_args,
     finish_training,
     non_empty_text,
+    non_negative_int,
     positive_int,
     train_config_from_args,
 )
@@ -47,7 +48,9 @@ def register(commands) -> None:
     train.add_argument(
         "--val-size", type=positive_int, default=1000, help="validation pairs (shapes)"
     )
-    train.add_argument("--data-seed", type=int, default=0, help="seed of the shapes data")
+    train.add_argument(
+        "--data-seed", type=non_negative_int, default=0, help="seed of the shapes data"
+    )
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/clip)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tinygen.cli.common import field_type
+from tinygen.cli.common import field_type, non_negative_int
 from tinygen.diffusion.sampling import SamplerConfig
 from tinygen.errors import TinygenError
 
@@ -50,7 +50,9 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--classifier", type=Path, default=None, help="noisy-classifier run for classifier guidance"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the noise (default 0)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
 
 

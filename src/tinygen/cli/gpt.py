@@ -11,6 +11,7 @@ from tinygen.cli.common import (
     dataclass_from_args,
     finish_training,
     non_negative_float,
+    non_negative_int,
     positive_int,
     train_config_from_args,
 )
@@ -85,7 +86,7 @@ def register(commands) -> None:
         default=None,
         help="nucleus sampling: among the likeliest tokens whose probabilities sum to p",
     )
-    sample.add_argument("--seed", type=int, default=1337, help="seed of the sampling")
+    sample.add_argument("--seed", type=non_negative_int, default=1337, help="seed of the sampling")
     sample.add_argument("--num-samples", type=positive_int, default=1, help="texts to generate")
     sample.add_argument("--no-cache", action="store_true", help="recompute the context every step")
     sample.add_argument(

@@ -57,7 +57,10 @@ def register(commands) -> None:
         help="auto: words as tokens for number words, characters elsewhere",
     )
     train.add_argument(
-        "--task-seed", type=int, default=0, help="seed of the held-out sets (kept out of training)"
+        "--task-seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the held-out sets (kept out of training)",
     )
     train.add_argument("--n-heldout", type=positive_int, default=2000, help="test set size")
     train.add_argument(

@@ -19,6 +19,7 @@ from tinygen.cli.common import (
     comma_list,
     dataclass_from_args,
     non_negative_float,
+    non_negative_int,
     positive_int,
     train_config_from_args,
 )
@@ -79,7 +80,9 @@ def register(commands) -> None:
         choices=("test", "heldout"),
         help="test images of the seen (colour, shape) pairs, or of the held-out ones",
     )
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the test images")
+    evaluate.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the test images"
+    )
     evaluate.set_defaults(func=eval_evaluator)
 
     sample = commands.sample.add_parser(
@@ -95,7 +98,7 @@ def register(commands) -> None:
         choices=("train", "val", "test", "heldout", "evaluator"),
         help="which part of the world the images come from",
     )
-    sample.add_argument("--seed", type=int, default=0, help="seed of the images")
+    sample.add_argument("--seed", type=non_negative_int, default=0, help="seed of the images")
     sample.add_argument(
         "--image-size", type=checked(int, min=16), default=32, help="pixels per side"
     )

@@ -36,7 +36,7 @@ class ToyConfig:
     base_steps: int = field(default=600, metadata={"help": "steps to train the base", "min": 1})
     lora_steps: int = field(default=400, metadata={"help": "steps to train the adapter", "min": 1})
     lr: float = field(default=1e-2, metadata={"help": "learning rate of both stages", "above": 0})
-    seed: int = field(default=0, metadata={"help": "seed of the data and the weights"})
+    seed: int = field(default=0, metadata={"help": "seed of the data and the weights", "min": 0})
 
 
 class ToyMLP(nn.Module):

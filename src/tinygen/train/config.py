@@ -52,7 +52,9 @@ class TrainConfig:
     log_interval: int = field(
         default=10, metadata={"help": "steps between train-loss logs", "min": 1}
     )
-    seed: int = field(default=1337, metadata={"help": "seed of the weights and the batches"})
+    seed: int = field(
+        default=1337, metadata={"help": "seed of the weights and the batches", "min": 0}
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     precision: str = field(
