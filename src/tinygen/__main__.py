@@ -1,6 +1,6 @@
 """`python -m tinygen` is the same as the `tinygen` command."""
 
-from tinygen.cli.main import main
+from tinygen.cli.main import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
