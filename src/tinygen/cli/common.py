@@ -100,7 +100,7 @@ def comma_list(item: Callable[[str], Any]) -> Callable[[str], list]:
 
     parse.__name__ = "list"
     rule = getattr(item, "rule", "")
-    parse.rule = f"comma-separated, each {rule}" if rule else "comma-separated"  # type: ignore
+    parse.rule = f"each {rule}" if rule else ""  # type: ignore[attr-defined]
     return parse
 
 
