@@ -100,6 +100,6 @@ def load_model(
     config = load_run_config(run)
     if expect is not None:
         check_model_type(run, config["model_type"], expect)
-    model = build_model(config["model_type"], config["model"])
+    model = build_model(config["model_type"], config["model"], run=run)
     io.load_weights(model, io.model_weights_path(run, which))
     return model.to(device).eval(), config

@@ -58,7 +58,10 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16"}
+        default="auto",
+        metadata={
+            "help": "auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16"
+        },
     )
     ema_decay: float = field(
         default=0.0, metadata={"help": "EMA of weights; 0 disables", "min": 0, "below": 1}
