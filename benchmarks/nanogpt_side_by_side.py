@@ -216,9 +216,14 @@ def stop_busy(procs: list[subprocess.Popen]) -> None:
 def run(cmd: list[str], cwd: Path | None, env: dict, timeout: float) -> tuple[float, str, int]:
     """Wall seconds of one whole process, its output (stdout + stderr), its exit code."""
     t0 = time.time()
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    try:
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as e:  # stopped at the limit: a failed run, not a crash
+        output = (e.stdout or b"") + (e.stderr or b"")
+        text = output.decode(errors="replace") if isinstance(output, bytes) else output
+        return time.time() - t0, text + f"\n[stopped after {timeout:g} s]", -9
     return time.time() - t0, proc.stdout + proc.stderr, proc.returncode
 
 
