@@ -355,3 +355,15 @@ def test_ctrl_c_prints_the_resume_hint_for_every_trainer(name, runs, tmp_path, c
     assert code == 130, err
     assert "--resume" in err and "interrupted" in err
     assert (tmp_path / "run" / io.STATE_FILE).is_file()
+
+
+def test_resume_on_another_corpus_is_refused_and_without_data_keeps_the_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_gpt(out) == 0  # on the sonnets
+    argv = ["train", "gpt", "--out", str(out), "--resume", *TINY_GPT]
+    argv[argv.index("--max-iters") + 1] = "6"
+    capsys.readouterr()
+    assert main([*argv, "--data", "shakespeare"]) == 2
+    assert "it was trained on sonnets" in capsys.readouterr().err
+    assert main(argv) == 0  # no --data: the run's own corpus
+    assert json.loads((out / io.CONFIG_FILE).read_text())["data"]["corpus"] == "sonnets"

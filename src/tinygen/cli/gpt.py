@@ -36,9 +36,9 @@ def register(commands) -> None:
     )
     train.add_argument(
         "--data",
-        default="shakespeare",
+        default=None,
         help="shakespeare | milton | sonnets | tinyshakespeare | PATH to a UTF-8 "
-        "text file (default shakespeare, shipped with the package)",
+        "text file (default shakespeare, shipped with the package; with --resume, the run's)",
     )
     train.add_argument(
         "--out", type=Path, default=None, help="run directory (default runs/gpt-PRESET)"

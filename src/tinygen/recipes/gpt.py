@@ -115,20 +115,29 @@ def train_gpt(
     train_config: TrainConfig,
     out: str | Path,
     *,
-    data: str = "shakespeare",
+    data: str | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Train a character-level GPT on the corpus `data` (a built-in name or a file) into
-    `out`. The vocabulary is the corpus's characters (a resumed run keeps its saved one)."""
+    """Train a character-level GPT on the corpus `data` (a built-in name or a file; default
+    shakespeare) into `out`. The vocabulary is the corpus's characters. A resumed run keeps
+    its saved vocabulary and its corpus: another `data` is refused, not silently trained on."""
     from tinygen.data.corpora import load_corpus, split_train_val
     from tinygen.models.runs import load_resumable_config
 
     out = Path(out)
+    if resume:
+        saved = load_resumable_config(out, "gpt").get("data", {}).get("corpus")
+        if data is not None and saved is not None and data != saved:
+            raise TinygenError(
+                f"cannot resume {out} on --data {data}: it was trained on {saved}; drop --data "
+                f"(or pass --data {saved}) to continue it, or fine-tune on {data} with "
+                f"`tinygen finetune gpt --base {out} --data {data}`"
+            )
+        data = data or saved
+    data = data or "shakespeare"
     text = load_corpus(data)
     train_text, val_text = split_train_val(text)
-    if resume:
-        load_resumable_config(out, "gpt")
     tokenizer = CharTokenizer.load(out) if resume else CharTokenizer.from_text(text)
     model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
     train_ids = encode_corpus(train_text, tokenizer)
