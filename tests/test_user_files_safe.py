@@ -80,10 +80,10 @@ def test_out_under_a_read_only_directory_is_one_clear_line(tmp_path, capsys):
 
 
 def test_the_writability_check_is_the_one_the_trainer_uses(tmp_path, monkeypatch):
-    """Also as root: with os.access saying no, the trainer refuses before writing."""
+    """Also as root: with os.access saying no, the check the trainer runs refuses."""
     monkeypatch.setattr(io.os, "access", lambda path, mode: False)
     with pytest.raises(TinygenError, match="not writable"):
-        trainer_module.check_run_directory(tmp_path / "new")
+        io.check_writable_dir(tmp_path / "new", "--out")
 
 
 def test_files_get_the_users_permissions_not_0600(tmp_path):
@@ -196,6 +196,11 @@ def runs(tmp_path_factory):
         (["train", "clip", "--resume", "--out", "{gpt}"], "holds a gpt run, not a clip one"),
         (["train", "seq2seq", "--resume", "--out", "{gpt}"], "holds a gpt run, not a seq2seq"),
         (["train", "gpt", "--resume", "--out", "{empty}"], "holds no run"),
+        (  # no recipe check before the trainer: the trainer's own, with the same message
+            ["train", "diffusion", "--preset", "tiny", "--n-train", "64", "--resume"]
+            + ["--out", "{gpt}"],
+            "holds a gpt run, not a diffusion one",
+        ),
         (["sample", "gpt", "--run", "{adapter}", "--max-new-tokens", "2"], "is a LoRA adapter"),
         (["finetune", "gpt", "--base", "{adapter}", "--out", "{empty}"], "LoRA adapter"),
         (["memory", "--model", "{adapter}"], "LoRA adapter"),

@@ -211,3 +211,14 @@ def next_free_dir(path: str | Path, marker: str) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
     return candidate
+
+
+def check_resume_kind(run_dir: str | Path, model_type: str, saved_type: str | None) -> None:
+    """`--resume` continues a run of the same kind only: the one message for a run of
+    another kind, whether the command finds out before reading the run's files (models.runs)
+    or when the trainer checks its saved config."""
+    if saved_type is not None and saved_type != model_type:
+        raise TinygenError(
+            f"cannot resume {run_dir}: it holds a {saved_type} run, not a {model_type} one; "
+            f"pass the --out of a {model_type} run, or drop --resume and choose a new --out"
+        )

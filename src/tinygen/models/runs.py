@@ -42,12 +42,7 @@ def load_resumable_config(run_dir: str | Path, model_type: str) -> dict[str, Any
             "without --resume"
         )
     config = load_run_config(run_dir)
-    if config["model_type"] != model_type:
-        raise TinygenError(
-            f"cannot resume {run_dir}: it holds a {config['model_type']} run, not a "
-            f"{model_type} one; pass the --out of a {model_type} run, or drop --resume and "
-            "choose a new --out"
-        )
+    io.check_resume_kind(run_dir, model_type, config["model_type"])
     return config
 
 

@@ -23,6 +23,7 @@ from tinygen.io import (  # noqa: F401 - re-exported: the old home of these name
     STATE_FILE,
     _tied_names,  # noqa: F401
     atomic_write,
+    check_resume_kind,
     check_writable_dir,
     load_weights,
     model_weights_path,

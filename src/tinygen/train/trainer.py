@@ -76,11 +76,6 @@ RUN_FILES = (
 )
 
 
-def check_run_directory(run_dir: Path) -> None:
-    """--out must be a directory that can be created and written (`tinygen.io`)."""
-    ckpt.check_writable_dir(run_dir, "--out")
-
-
 def config_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
     """The fields where two saved model configs (JSON dicts, nested) differ, as
     "field: saved X, now Y". A field the saved config lacks was added to tinygen after the
@@ -162,7 +157,7 @@ class Trainer:
         """Start a new run in run_dir, which must not hold one unless `overwrite` is set:
         any of a run's files (config, weights, trainer state, metrics) counts, so a finished
         run whose trainer state was deleted is not trained over either."""
-        check_run_directory(self.run_dir)
+        ckpt.check_writable_dir(self.run_dir, "--out")
         found = [name for name in RUN_FILES if (self.run_dir / name).exists()]
         if found and not self.config.overwrite:
             raise TinygenError(
@@ -184,11 +179,9 @@ class Trainer:
         if not path.exists() or "model" not in self.run_config:
             return
         saved_config = json.loads(path.read_text())
-        kind, saved_kind = self.run_config.get("model_type"), saved_config.get("model_type")
-        if saved_kind is not None and kind is not None and saved_kind != kind:
-            raise TinygenError(
-                f"cannot resume {self.run_dir}: it holds a {saved_kind} run, not a {kind} one; "
-                f"pass the --out of a {kind} run, or drop --resume and choose a new --out"
+        if "model_type" in self.run_config:
+            ckpt.check_resume_kind(
+                self.run_dir, self.run_config["model_type"], saved_config.get("model_type")
             )
         saved = saved_config.get("model")
         now = json.loads(json.dumps(self.run_config["model"]))  # tuples -> lists, as saved
