@@ -235,9 +235,9 @@ def filter_fields(cls: type, values: dict) -> dict:
 
 def train_config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
     """`base` (a preset's training run) with the flags applied, checked before any work
-    starts (TrainConfig.validate). A --max-iters given without --lr-decay-iters also sets
-    the decay length, so the schedule ends where training does; a --learning-rate given
-    without --min-lr moves the preset's floor with it (same ratio), so it stays below."""
+    starts (TrainConfig.validate, and that the device exists). A --max-iters given without
+    --lr-decay-iters also sets the decay length, so the schedule ends where training does; a
+    --learning-rate given without --min-lr moves the preset's floor with it (same ratio)."""
     train = dataclass_from_args(TrainConfig, args, base)
     if getattr(args, "max_iters", None) is not None and getattr(args, "lr_decay_iters", 1) is None:
         train = dataclasses.replace(train, lr_decay_iters=args.max_iters)
@@ -245,6 +245,9 @@ def train_config_from_args(args: argparse.Namespace, base: TrainConfig) -> Train
     if lr is not None and getattr(args, "min_lr", 1) is None and base.min_lr is not None:
         train = dataclasses.replace(train, min_lr=lr * base.min_lr / base.learning_rate)
     train.validate()
+    from tinygen.train.device import resolve_device
+
+    resolve_device(train.device)  # an absent --device cuda, before any data is drawn
     return train
 
 

@@ -20,7 +20,6 @@ from tinygen.nn.unet import UNetConfig
 from tinygen.recipes import diffusion as diffusion_recipes
 from tinygen.recipes.diffusion_sampling import parse_labels  # noqa: F401 - its old home
 from tinygen.train.config import TrainConfig
-from tinygen.train.device import resolve_device
 
 PRESETS = diffusion_recipes.PRESETS  # library data: tinygen.recipes.diffusion
 UNET_EXCLUDE = ("in_channels", "out_channels", "num_classes", "context_dim", "cond_emb_dim")
@@ -136,10 +135,7 @@ def _configs(args: argparse.Namespace) -> tuple[UNetConfig, TrainConfig]:
         args.prediction_type = preset.model.prediction_type
     unet = dataclass_from_args(UNetConfig, args, preset.model.unet)
     train = train_config_from_args(args, preset.train)
-    # refuse a bad config or an absent --device cuda before drawing 20,000 images
-    unet.validate()
-    train.validate()
-    resolve_device(train.device)
+    unet.validate()  # a U-Net that does not fit, before drawing 20,000 images
     return unet, train
 
 

@@ -12,7 +12,7 @@ keys say what it holds,
     embedding     (B, E)          a vector added to the time embedding (`cond_emb`)
 
 so that the classifier-free wrapper, the sample loop and the trainer handle all of them
-with the same code: they concatenate, expand and drop conditions key by key.
+with the same code: they expand, drop and concatenate conditions key by key.
 
 A *conditioner* turns what the user gives (labels, captions, CLIP embeddings) into the
 U-Net's inputs and knows its own null condition and how often it is dropped in training
@@ -59,14 +59,6 @@ def as_condition(cond: Condition | Tensor | None) -> Condition:
     return cond
 
 
-def condition_batch_size(cond: Condition) -> int | None:
-    """The batch size every tensor of `cond` shares (None for an empty condition)."""
-    sizes = {key: value.shape[0] for key, value in cond.items()}
-    if len(set(sizes.values())) > 1:
-        raise TinygenError(f"the tensors of a condition disagree on the batch size: {sizes}")
-    return next(iter(sizes.values()), None)
-
-
 def expand_condition(cond: Condition, batch_size: int) -> Condition:
     """Broadcast a batch-1 condition (a null condition, say) to `batch_size`."""
     out: Condition = {}
@@ -75,19 +67,6 @@ def expand_condition(cond: Condition, batch_size: int) -> Condition:
             value = value.expand(batch_size, *value.shape[1:])
         out[key] = value
     return out
-
-
-def concat_conditions(first: Condition, second: Condition) -> Condition:
-    """[first; second] along the batch, key by key (both must hold the same keys)."""
-    if set(first) != set(second):
-        raise TinygenError(
-            f"cannot batch conditions with different keys: {sorted(first)} and {sorted(second)}"
-        )
-    return {key: torch.cat([first[key], second[key].to(first[key].device)]) for key in first}
-
-
-def condition_to(cond: Condition, device: torch.device | str) -> Condition:
-    return {key: value.to(device) for key, value in cond.items()}
 
 
 def drop_condition(cond: Condition, null: Condition, drop: Tensor) -> Condition:

@@ -41,6 +41,7 @@ from tinygen.errors import TinygenError
 from tinygen.fields import check_fields
 from tinygen.models.conditioning import (
     Condition,
+    Conditioner,
     LabelConditioner,
     as_condition,
     drop_condition,
@@ -127,7 +128,7 @@ class DiffusionModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.conditioner = config.conditioner()
+        self.conditioner: Conditioner | None = config.conditioner()
         self.unet = UNet(config.unet_config())
         self.schedule = NoiseSchedule(config.beta_schedule, config.num_train_timesteps)
 

@@ -27,7 +27,6 @@ from tinygen.models.clip import CLIPConfig
 from tinygen.models.clip_loss import clip_loss
 from tinygen.recipes.common import Preset, fit
 from tinygen.train.config import TrainConfig
-from tinygen.train.device import resolve_device
 from tinygen.train.trainer import TrainResult
 
 PRESETS: dict[str, Preset] = {
@@ -347,8 +346,6 @@ def train_clip(
     from tinygen.models.runs import load_resumable_config
 
     out = Path(out)
-    train_config.validate()  # a bad config or an absent --device cuda, before the data
-    resolve_device(train_config.device)
     train, val, described = load_pairs(
         data,
         image_size=model_config.image_size,

@@ -45,11 +45,6 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
-def teardown_distributed(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def shutdown_distributed(*, clean: bool = True) -> None:
     """Leave the process group before the interpreter exits (no-op outside torchrun).
 
