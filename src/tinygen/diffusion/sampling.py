@@ -344,6 +344,7 @@ def sample(
     final_alpha_cumprod: float = 1.0,
     guidance_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     mean_shift_fn: Callable[[Tensor, Tensor, Tensor, Timestep], Tensor] | None = None,
+    post_step_fn: Callable[[Tensor, int], Tensor] | None = None,
     **clip_options: float | bool,
 ) -> Tensor:
     """Generate from pure noise, or from a noised input: the one sample loop of every model.
@@ -363,6 +364,8 @@ def sample(
             every model call, e.g. the classifier eps-shift (`guidance.classifier_eps_shift`).
         mean_shift_fn: DDPM only, `mean_shift_fn(mean, variance, x_t, t_batch) -> mean`
             (`guidance.classifier_mean_shift`).
+        post_step_fn: `post_step_fn(x_prev, t_prev) -> x_prev` after every step (t_prev = -1
+            after the last), e.g. inpainting's known-region replacement (`diffusion.inpainting`).
         callback: `callback(step_index, t, x_t, pred_x0)` at every step, with the x_t fed to
             the model and its predicted x_0 (for denoising strips).
         clip_options: `clip_sample_range`, `thresholding`, `dynamic_thresholding_ratio`,
@@ -436,5 +439,5 @@ def sample(
                 )  # fmt: skip
             if callback is not None:
                 callback(index, t, x, pred_x0)
-            x = x_prev.to(x.dtype)
+            x = x_prev.to(x.dtype) if post_step_fn is None else post_step_fn(x_prev, t_prev)
     return x

@@ -10,6 +10,8 @@ keys say what it holds,
     context       (B, S, D)       token features for the U-Net's cross-attention
     context_mask  (B, S) bool     True where `context` holds a real token
     embedding     (B, E)          a vector added to the time embedding (`cond_emb`)
+    masked_image  (B, C, H, W)    inpainting: the image with the region to repaint zeroed
+    mask          (B, 1, H, W)    inpainting: 1 where to repaint
 
 so that the classifier-free wrapper, the sample loop and the trainer handle all of them
 with the same code: they expand, drop and concatenate conditions key by key.
@@ -17,18 +19,22 @@ with the same code: they expand, drop and concatenate conditions key by key.
 A *conditioner* turns what the user gives (labels, captions, CLIP embeddings) into the
 U-Net's inputs and knows its own null condition and how often it is dropped in training
 (Ho & Salimans 2022: the same network learns the conditional and the unconditional model).
-`LabelConditioner` is the one for class labels; text and CLIP-image conditioners follow
-the same protocol.
+`LabelConditioner` is the one for class labels, `TextConditioner` (GLIDE's text encoder,
+trained with the U-Net) the one for captions; the CLIP-image conditioner follows the same
+protocol. A conditioner drops only its own keys: the inpainting input is never dropped.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol, TypedDict
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
+from tinygen.nn.transformer import Block
 
 
 class Condition(TypedDict, total=False):
@@ -39,6 +45,8 @@ class Condition(TypedDict, total=False):
     context: Tensor
     context_mask: Tensor
     embedding: Tensor
+    masked_image: Tensor
+    mask: Tensor
 
 
 CONDITION_KEYS = tuple(Condition.__annotations__)
@@ -71,12 +79,14 @@ def expand_condition(cond: Condition, batch_size: int) -> Condition:
 
 def drop_condition(cond: Condition, null: Condition, drop: Tensor) -> Condition:
     """Replace the condition of the samples where `drop` (B,) is True by the null condition
-    (classifier-free training, Ho & Salimans 2022, Alg. 1)."""
+    (classifier-free training, Ho & Salimans 2022, Alg. 1). Keys the null condition does not
+    have (the inpainting input) are kept as they are."""
     null = expand_condition(null, drop.shape[0])
     out: Condition = {}
     for key, value in cond.items():
         if key not in null:
-            raise TinygenError(f"the null condition has no {key!r}; it cannot drop it")
+            out[key] = value
+            continue
         mask = drop.to(value.device).view(-1, *([1] * (value.dim() - 1)))
         out[key] = torch.where(mask, null[key].to(value.device, value.dtype), value)
     return out
@@ -153,3 +163,83 @@ class LabelConditioner:
         if "labels" not in cond:
             raise TinygenError("this model is class-conditional; the condition needs labels")
         return {"class_labels": self.rows(cond["labels"])}
+
+
+@dataclass
+class TextConditionerConfig:
+    """GLIDE's text encoder (Nichol et al. 2021, sec. 2.3 and app. A), at our scale."""
+
+    vocab_size: int = field(default=0, metadata={"help": "caption vocabulary (from the data)"})
+    context_length: int = field(
+        default=16, metadata={"help": "caption tokens, padded or cut to this", "min": 2}
+    )
+    width: int = field(default=128, metadata={"help": "width of the text Transformer", "min": 8})
+    layers: int = field(default=2, metadata={"help": "text Transformer layers", "min": 1})
+    heads: int = field(default=4, metadata={"help": "text Transformer heads", "min": 1})
+    drop_prob: float = field(
+        default=0.2,
+        metadata={"help": "chance of the empty caption in training (CFG)", "min": 0, "below": 1},
+    )
+
+    def validate(self) -> None:
+        check_fields(self)
+        if self.vocab_size < 5:
+            raise TinygenError(
+                f"the text conditioner needs the caption vocabulary size (got {self.vocab_size})"
+            )
+        if self.width % self.heads:
+            raise TinygenError(f"text width {self.width} is not divisible by {self.heads} heads")
+
+
+class TextConditioner(nn.Module):
+    """Caption tokens -> GLIDE's two inputs of the U-Net.
+
+    A bidirectional Transformer (the shared pre-norm `Block`s, no causal mask) over the
+    caption's token ids, right-padded with `<pad>` = 0 to `context_length`, plus learned
+    positions; trained jointly with the U-Net. Its outputs:
+      - `cond_emb`: the feature of the final position (GLIDE's `xf_out[:, -1]`), which the
+        U-Net projects and adds to the time embedding;
+      - `context`: the whole token sequence (B, T, width), which every attention block of
+        the U-Net projects (per block) and attends to, joined to its keys and values
+        (`concat_kv`, GLIDE) or by cross-attention (latent diffusion's way).
+    Padding is not masked: as in GLIDE, the `<pad>` embedding is learned, and the *empty
+    caption* -- every position `<pad>` -- is the null condition of classifier-free guidance
+    (replacing the caption `drop_prob` of the time in training).
+    """
+
+    def __init__(self, config: TextConditionerConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.drop_prob = c.drop_prob
+        self.token_emb = nn.Embedding(c.vocab_size, c.width)
+        self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.width) * 0.01)
+        self.blocks = nn.ModuleList(Block(c.width, c.heads) for _ in range(c.layers))
+        self.ln_final = nn.LayerNorm(c.width)
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens (B, T) int64 -> (pooled feature (B, width), token features (B, T, width))."""
+        c = self.config
+        if tokens.dim() != 2 or tokens.shape[1] != c.context_length:
+            raise TinygenError(
+                f"caption tokens must be (B, {c.context_length}), got {tuple(tokens.shape)}; "
+                "encode captions with the run's tokenizer"
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
+            raise TinygenError(f"caption token ids must be in [0, {c.vocab_size})")
+        x = self.token_emb(tokens) + self.pos_emb
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_final(x)
+        return x[:, -1], x
+
+    def null_condition(self, batch_size: int, device: torch.device | str = "cpu") -> Condition:
+        """The empty caption: every position `<pad>` (id 0)."""
+        shape = (batch_size, self.config.context_length)
+        return {"tokens": torch.zeros(shape, dtype=torch.long, device=device)}
+
+    def unet_inputs(self, cond: Condition) -> dict[str, Tensor]:
+        if "tokens" not in cond:
+            raise TinygenError("this model is text-conditional; the condition needs tokens")
+        pooled, sequence = self(cond["tokens"])
+        return {"cond_emb": pooled, "context": sequence}

@@ -43,12 +43,15 @@ from tinygen.models.conditioning import (
     Condition,
     Conditioner,
     LabelConditioner,
+    TextConditioner,
+    TextConditionerConfig,
     as_condition,
     drop_condition,
 )
 from tinygen.nn.unet import UNet, UNetConfig
 
-CONDITIONINGS = ("none", "class")
+CONDITIONINGS = ("none", "class", "text")
+INPAINT_CHANNELS = 4  # the masked image (3) and the mask (1)
 THRESHOLD_MAX = 1.5  # dynamic thresholding: the largest scale s (DeepFloyd IF's value)
 
 
@@ -72,7 +75,15 @@ class DiffusionConfig:
     )
     conditioning: str = field(
         default="none",
-        metadata={"help": "none | class", "choices": CONDITIONINGS, "flag": "--cond"},
+        metadata={"help": "none | class | text", "choices": CONDITIONINGS, "flag": "--cond"},
+    )
+    text: TextConditionerConfig = field(
+        default_factory=TextConditionerConfig,
+        metadata={"help": "the text encoder when conditioning=text (GLIDE)"},
+    )
+    inpainting: bool = field(
+        default=False,
+        metadata={"help": "the U-Net also sees the masked image and the mask (GLIDE sec. 3.3)"},
     )
     num_classes: int = field(
         default=48, metadata={"help": "labels when conditioning=class", "min": 1}
@@ -92,14 +103,18 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
             self.unet = UNetConfig(**self.unet)
+        if isinstance(self.text, dict):
+            self.text = TextConditionerConfig(**self.text)
         self.label_factors = tuple(self.label_factors)
 
     @property
     def class_conditional(self) -> bool:
         return self.conditioning == "class"
 
-    def conditioner(self) -> LabelConditioner | None:
+    def conditioner(self) -> LabelConditioner | TextConditioner | None:
         """The conditioner of this model's `conditioning` (None: conditioned on raw keys)."""
+        if self.conditioning == "text":
+            return TextConditioner(self.text)
         if not self.class_conditional:
             return None
         return LabelConditioner(
@@ -107,10 +122,16 @@ class DiffusionConfig:
         )
 
     def unet_config(self) -> UNetConfig:
-        """The U-Net config with the class-embedding rows this model needs (labels + null)."""
-        conditioner = self.conditioner()
-        rows = conditioner.num_rows if conditioner is not None else 0
-        return UNetConfig(**{**asdict(self.unet), "num_classes": rows})
+        """The U-Net config with the inputs this model needs: class rows (labels + null), the
+        text encoder's width for cond_emb and context, 4 more channels for inpainting."""
+        changes: dict = {"num_classes": 0}
+        if self.class_conditional:
+            changes["num_classes"] = self.conditioner().num_rows
+        if self.conditioning == "text":
+            changes.update(cond_emb_dim=self.text.width, context_dim=self.text.width)
+        if self.inpainting:
+            changes["in_channels"] = self.unet.in_channels + INPAINT_CHANNELS
+        return UNetConfig(**{**asdict(self.unet), **changes})
 
     def validate(self) -> None:
         check_fields(self)
@@ -155,11 +176,17 @@ class DiffusionModel(nn.Module):
         """The network output (eps, x_0 or v) for x_t (B, C, H, W) at timesteps t (B,).
 
         cond: a Condition dict, or a tensor of class labels (`labels=` is the same);
-        unconditional models take none.
+        unconditional models take none. An inpainting model also takes `masked_image` and
+        `mask`, which join x_t as input channels.
         """
-        return self.unet(
-            x_t, t, **self.unet_inputs(as_condition(cond if cond is not None else labels))
-        )
+        cond = as_condition(cond if cond is not None else labels)
+        if self.config.inpainting:
+            if "masked_image" not in cond or "mask" not in cond:
+                raise TinygenError(
+                    "this is an inpainting model; the condition needs masked_image and mask"
+                )
+            x_t = torch.cat([x_t, cond["masked_image"].to(x_t), cond["mask"].to(x_t)], dim=1)
+        return self.unet(x_t, t, **self.unet_inputs(cond))
 
     def unet_inputs(self, cond: Condition) -> dict[str, Tensor]:
         """The U-Net's keyword inputs for a condition: the conditioner's, or the raw keys
@@ -202,11 +229,8 @@ class DiffusionModel(nn.Module):
         """
         forward = forward or self
         cond = as_condition(labels)
-        if self.conditioner is not None:
-            if "labels" not in cond:
-                raise TinygenError("this model is class-conditional; the batch needs labels")
-            if drop is not None:
-                cond = drop_condition(cond, self.null_condition(1, x0.device), drop)
+        if self.conditioner is not None and drop is not None:
+            cond = drop_condition(cond, self.null_condition(1, x0.device), drop)
 
         def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
             return forward(x_t, t, cond if cond else None)
@@ -263,12 +287,14 @@ class DiffusionModel(nn.Module):
         sampler.check_fits(self.config.num_train_timesteps)
         cond = as_condition(cond)
         if self.conditioner is not None:
-            if "labels" not in cond:
+            if self.config.class_conditional and "labels" not in cond:
                 raise TinygenError("this model is class-conditional; give labels (--label)")
+            if self.config.conditioning == "text" and "tokens" not in cond:
+                raise TinygenError("this model is text-conditional; give a prompt")
             cond = {key: value.to(device) for key, value in cond.items()}
-            model_fn = guidance_lib.classifier_free_guidance(
-                self, cond, self.null_condition(1, device), guidance
-            )
+            # the null condition replaces the conditioner's keys only (not an inpainting input)
+            null = {**cond, **self.null_condition(n, device)}
+            model_fn = guidance_lib.classifier_free_guidance(self, cond, null, guidance)
         else:
 
             def model_fn(x_t: Tensor, t: Tensor) -> Tensor:

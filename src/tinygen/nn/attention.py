@@ -137,6 +137,7 @@ class Attention(nn.Module):
         key_padding_mask: Tensor | None = None,
         cache: KVCache | StaticKV | None = None,
         need_weights: bool = False,
+        prefix_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x: (B, T, dim); context: (B, S, context_dim) for cross-attention.
 
@@ -144,6 +145,9 @@ class Attention(nn.Module):
         cache: a `KVCache` (self-attention: appends this call's keys/values) or a
         `StaticKV` (cross-attention: computed from `context` on first use, then reused).
         need_weights: store the attention weights (B, H, Tq, Tk) in `self.last_weights`.
+        prefix_kv: extra keys and values (B, S, dim) each, already projected, put in front of
+            this layer's own (GLIDE's `encoder_kv`: text tokens joining image self-attention);
+            key_padding_mask then covers S + T keys.
         """
         b, t, _ = x.shape
         past = 0
@@ -164,6 +168,11 @@ class Attention(nn.Module):
             if isinstance(cache, KVCache):
                 past = cache.length
                 k, v = cache.append(k, v)
+        if prefix_kv is not None:
+            if self.causal or cache is not None:
+                raise ValueError("prefix_kv is for bidirectional attention without a cache")
+            k = torch.cat([self._split_heads(prefix_kv[0]), k], dim=2)
+            v = torch.cat([self._split_heads(prefix_kv[1]), v], dim=2)
 
         fast = self.use_sdpa and not need_weights
         mask = self._build_mask(b, t, k.shape[2], past, key_padding_mask, fast, x.device)

@@ -8,8 +8,13 @@ classifier guidance) and, soon, the autoencoder of latent diffusion, so each exi
   (`GN(h) * (1 + scale) + shift`, ADM's "adaptive group normalisation", Dhariwal & Nichol
   2021, sec. 3), then SiLU -> dropout -> a zero-initialised conv, plus the skip path.
 - `AttentionBlock`: the feature map flattened to H*W tokens through the shared
-  `tinygen.nn.attention.Attention` (self-attention), then, with a `context_dim`,
-  cross-attention to context tokens (latent diffusion, Rombach et al. 2022, sec. 3.3).
+  `tinygen.nn.attention.Attention` (self-attention). With a `context_dim`, context tokens (a
+  caption's features) enter in one of two ways (`context_mode`):
+  `cross_attention` -- a second attention from the pixels to the tokens (latent diffusion,
+  Rombach et al. 2022, sec. 3.3); `concat_kv` -- the tokens, projected per block into keys
+  and values (a 1x1 projection), are put in front of the pixels' own keys and values in the
+  self-attention (GLIDE's `encoder_kv`, Nichol et al. 2021, sec. 2.3): one softmax over
+  tokens and pixels together.
 - `Downsample` (stride-2 conv) and `Upsample` (nearest 2x + conv), as DDPM.
 - `zero_module`: the last conv of every residual branch starts at zero, so the untrained
   network is the identity on each residual path.
@@ -17,6 +22,7 @@ classifier guidance) and, soon, the autoencoder of latent diffusion, so each exi
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,8 +78,12 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+CONTEXT_MODES = ("cross_attention", "concat_kv")
+
+
 class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions, then optional cross-attention to context."""
+    """Self-attention over the H*W positions; context tokens by cross-attention after it, or
+    joined to its keys and values (`context_mode`, see the module doc)."""
 
     def __init__(
         self,
@@ -83,27 +93,44 @@ class AttentionBlock(nn.Module):
         context_dim: int | None,
         norm_groups: int,
         dropout: float,
+        context_mode: str = "cross_attention",
     ) -> None:
         super().__init__()
+        if context_mode not in CONTEXT_MODES:
+            raise TinygenError(
+                f"unknown context_mode {context_mode!r}; choose {' or '.join(CONTEXT_MODES)}"
+            )
         n_head = channels // head_channels
         self.norm = nn.GroupNorm(norm_groups_for(channels, norm_groups), channels)
         self.attn = Attention(channels, n_head, dropout=dropout)
         zero_module(self.attn.out_proj)
-        self.cross_attn = None
-        if context_dim is not None:
+        self.cross_attn = self.encoder_kv = None
+        if context_dim is not None and context_mode == "cross_attention":
             self.norm_cross = nn.LayerNorm(channels)
             self.cross_attn = Attention(channels, n_head, context_dim=context_dim, dropout=dropout)
             zero_module(self.cross_attn.out_proj)
+        elif context_dim is not None:
+            self.encoder_kv = nn.Linear(context_dim, 2 * channels)  # GLIDE's 1x1 conv
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
     ) -> Tensor:
+        """x (B, C, H, W); context (B, S, context_dim) with context_mask (B, S), True for
+        real tokens (S may be 0: no tokens, plain self-attention)."""
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        out = x.flatten(2).transpose(1, 2) + self.attn(tokens)
+        if (self.cross_attn is not None or self.encoder_kv is not None) and context is None:
+            raise TinygenError("this U-Net is conditioned on context tokens and needs them")
+        prefix, mask = None, None
+        if self.encoder_kv is not None:
+            prefix = self.encoder_kv(context).chunk(2, dim=-1)  # keys, values (B, S, C)
+            if context_mask is not None:
+                pixels = context_mask.new_ones(b, h * w)
+                mask = torch.cat([context_mask.bool(), pixels.bool()], dim=1)  # (B, S + HW)
+        out = x.flatten(2).transpose(1, 2) + self.attn(
+            tokens, prefix_kv=prefix, key_padding_mask=mask
+        )
         if self.cross_attn is not None:
-            if context is None:
-                raise TinygenError("this U-Net has cross-attention and needs context tokens")
             out = out + self.cross_attn(
                 self.norm_cross(out), context, key_padding_mask=context_mask
             )

@@ -14,9 +14,10 @@ kept plain):
     condition starts as the unconditional model and learns its way in.
   The embedding reaches every residual block (`tinygen.nn.resnet.ResBlock`).
 - **The token context** (a sequence): `context` (B, S, context_dim) with an optional
-  `context_mask` (B, S), True for real tokens, is the input of the cross-attention in every
-  attention block (`context_dim`; latent diffusion, Rombach et al. 2022, sec. 3.3) -- a
-  caption's token features from a text encoder.
+  `context_mask` (B, S), True for real tokens -- a caption's token features from a text
+  encoder -- reaches every attention block (`context_dim`), by cross-attention (latent
+  diffusion, Rombach et al. 2022, sec. 3.3) or joined to the self-attention's keys and values
+  (`context_mode="concat_kv"`, GLIDE's `encoder_kv`); see `tinygen.nn.resnet.AttentionBlock`.
 
 Down path: `num_res_blocks` blocks per level, then a stride-2 conv; the up path mirrors it,
 concatenating the saved activations (skip connections), then nearest-neighbour 2x
@@ -39,6 +40,7 @@ from tinygen.errors import TinygenError
 from tinygen.fields import check_fields
 from tinygen.nn.embeddings import sinusoidal_embedding
 from tinygen.nn.resnet import (  # noqa: F401 - ResBlock & co. lived here before nn/resnet.py
+    CONTEXT_MODES,
     AttentionBlock,
     Downsample,
     ResBlock,
@@ -78,7 +80,14 @@ class UNetConfig:
         default=0, metadata={"help": "width of an additive conditioning vector; 0 = none", "min": 0}
     )
     context_dim: int | None = field(
-        default=None, metadata={"help": "width of context tokens for cross-attention", "min": 1}
+        default=None, metadata={"help": "width of context tokens (a caption's)", "min": 1}
+    )
+    context_mode: str = field(
+        default="cross_attention",
+        metadata={
+            "help": "how context tokens enter attention: cross_attention | concat_kv (GLIDE)",
+            "choices": CONTEXT_MODES,
+        },
     )
     scale_shift: bool = field(default=True, metadata={"help": "time embedding as GN scale-shift"})
     dropout: float = field(
@@ -159,6 +168,7 @@ class UNetEncoder(nn.Module):
         akw = {
             "head_channels": c.head_channels,
             "context_dim": c.context_dim,
+            "context_mode": c.context_mode,
             "norm_groups": c.norm_groups,
             "dropout": c.dropout,
         }
@@ -272,6 +282,7 @@ class UNet(nn.Module):
         akw = {
             "head_channels": c.head_channels,
             "context_dim": c.context_dim,
+            "context_mode": c.context_mode,
             "norm_groups": c.norm_groups,
             "dropout": c.dropout,
         }
