@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "clip",
     "diffusion",
     "diffusion_sample",
+    "glide",
 )
 VERBS = {
     "train": "train a model from scratch",

@@ -65,6 +65,7 @@ __all__ = [
     "labels_for_prompts",
     "parse_prompt",
     "shapes_stream",
+    "slot_labels",
 ]
 
 SPLITS = ("train", "val", "test", "heldout", "evaluator")
@@ -279,6 +280,27 @@ ATTRIBUTES_ALL = {
     **{k + "2": v for k, v in ATTRIBUTES.items()},
     "relation": RELATIONS,
 }
+
+
+IGNORE = -100  # cross_entropy's ignore_index: no object at this place
+
+
+def slot_labels(labels: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Ground truth per place (the five POSITIONS): "occupied" (N, 5) in {0, 1}, and
+    "color"/"shape"/"size" (N, 5), IGNORE where the place is empty. Works for one-object
+    labels and for two-object ones (with the suffix-2 keys)."""
+    n = labels["shape"].shape[0]
+    out = {"occupied": torch.zeros(n, len(POSITIONS), dtype=torch.long)}
+    out.update({k: torch.full((n, len(POSITIONS)), IGNORE) for k in ("color", "shape", "size")})
+    rows = torch.arange(n)
+    for suffix in ("", "2"):
+        if "position" + suffix not in labels:
+            continue
+        place = labels["position" + suffix]
+        out["occupied"][rows, place] = 1
+        for key in ("color", "shape", "size"):
+            out[key][rows, place] = labels[key + suffix]
+    return out
 
 
 class ShapesDataset:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from tinygen.data.shapes import ATTRIBUTES, parse_prompt
 from tinygen.errors import TinygenError
+from tinygen.eval.pairs import judge_pairs, pair_scores
 from tinygen.train import checkpoint as ckpt
 
 EVALUATOR_TYPE = "shapes-evaluator"
@@ -88,9 +89,11 @@ def prompt_fidelity(images: Tensor, prompts: list[str], *, evaluator=None) -> di
     """How often the images show what their prompts ask for.
 
     images (N, 3, H, W) in [-1, 1]; prompts: N canonical prompts (or any caption that
-    `parse_prompt` reads), each naming some of shape, colour, size, position. Returns
-    "all" (fraction of images whose every named attribute is predicted right) and, for
-    each attribute named by at least one prompt, the accuracy over those prompts.
+    `parse_prompt` reads), all of one kind. One-object prompts name some of shape, colour,
+    size, position; the result is "all" (fraction of images whose every named attribute is
+    predicted right) and, for each attribute named by at least one prompt, the accuracy over
+    those prompts. Two-object prompts ("a red circle to the left of a blue square") give
+    all, relation, binding_swap and the attributes of both objects (`tinygen.eval.pairs`).
     """
     _check_images(images)
     if len(prompts) != images.shape[0]:
@@ -98,13 +101,14 @@ def prompt_fidelity(images: Tensor, prompts: list[str], *, evaluator=None) -> di
             f"got {images.shape[0]} images but {len(prompts)} prompts; pass one prompt per image"
         )
     wanted = [parse_prompt(p) for p in prompts]
-    for text, attrs in zip(prompts, wanted):
-        if "relation" in attrs:
-            raise TinygenError(
-                f"prompt {text!r} describes two objects; the shapes evaluator judges "
-                "single-object images only"
-            )
+    pairs = ["relation" in attrs for attrs in wanted]
+    if any(pairs) and not all(pairs):
+        raise TinygenError(
+            "the prompts mix one-object and two-object prompts; score each kind on its own"
+        )
     evaluator = evaluator if evaluator is not None else load_evaluator()
+    if all(pairs):
+        return pair_fidelity(images, wanted, evaluator)
     predicted = evaluator.predict(images)  # attribute -> (N,)
     all_right = torch.ones(len(prompts), dtype=torch.bool)
     out: dict[str, float] = {}
@@ -117,6 +121,16 @@ def prompt_fidelity(images: Tensor, prompts: list[str], *, evaluator=None) -> di
         all_right[rows] &= right
         out[name] = right.float().mean().item()
     return {"all": all_right.float().mean().item(), **out}
+
+
+def pair_fidelity(images: Tensor, wanted: list[dict[str, str]], evaluator) -> dict[str, float]:
+    """Two-object prompt fidelity from the evaluator's slot heads (`tinygen.eval.pairs`)."""
+    if getattr(evaluator, "slot_heads", None) is None:
+        raise TinygenError(
+            "this shapes evaluator has no two-object (slot) heads; retrain it with "
+            "`tinygen train evaluator --install` (its default preset judges both kinds)"
+        )
+    return pair_scores(judge_pairs(evaluator.predict(images), wanted))
 
 
 @torch.no_grad()

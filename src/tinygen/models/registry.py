@@ -13,6 +13,7 @@ from tinygen.fields import check_fields, check_types
 MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "gpt": ("tinygen.models.gpt", "GPT", "GPTConfig"),
     "diffusion": ("tinygen.models.diffusion", "DiffusionModel", "DiffusionConfig"),
+    "glide": ("tinygen.models.diffusion", "DiffusionModel", "DiffusionConfig"),
     "noisy-classifier": (
         "tinygen.models.noisy_classifier",
         "NoisyClassifier",

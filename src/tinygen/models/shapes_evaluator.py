@@ -12,6 +12,13 @@ keeps *where* things are (a global average would throw position away), a linear 
 the `feature_dim` features (used by tinygen.eval.feature_distance), and one linear head
 per attribute. Its training recipe (augmentation, task, accuracy) is
 `tinygen.recipes.evaluator`.
+
+Two-object images ("a red circle to the left of a blue square") are read by *slot* heads
+(`two_objects=True`): for each of the five places of the world (left, right, top, bottom,
+centre) whether an object is there, and its colour, shape and size. A slot is a place, not
+an object, so the judge never has to decide which object is "first": the prompt's relation
+says at which places its two objects must be (`tinygen.eval.fidelity.pair_fidelity`), and a
+colour on the wrong object -- the binding error of text-to-image models -- is read directly.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinygen.data.shapes import ATTRIBUTES
+from tinygen.data.shapes import ATTRIBUTES, POSITIONS
 from tinygen.errors import TinygenError
 from tinygen.fields import check_fields
 
@@ -37,11 +44,22 @@ class EvaluatorConfig:
         metadata={"help": "channels of the first stage, doubled at each downsampling", "min": 8},
     )
     feature_dim: int = field(default=256, metadata={"help": "width of the features", "min": 1})
+    two_objects: bool = field(
+        default=False, metadata={"help": "add the slot heads that read two-object images"}
+    )
 
     def validate(self) -> None:
         check_fields(self)
         if self.width % 8:
             raise TinygenError(f"width must be a multiple of 8 (GroupNorm), got {self.width}")
+
+
+SLOT_ATTRIBUTES = {
+    "occupied": (False, True),
+    "color": ATTRIBUTES["color"],
+    "shape": ATTRIBUTES["shape"],
+    "size": ATTRIBUTES["size"],
+}
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -77,6 +95,14 @@ class ShapesEvaluator(nn.Module):
                 for name, values in ATTRIBUTES.items()
             }
         )
+        self.slot_heads = None
+        if config.two_objects:  # per place: occupied?, colour, shape, size
+            self.slot_heads = nn.ModuleDict(
+                {
+                    name: nn.Linear(config.feature_dim, len(POSITIONS) * len(values))
+                    for name, values in SLOT_ATTRIBUTES.items()
+                }
+            )
 
     def _check(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -95,19 +121,24 @@ class ShapesEvaluator(nn.Module):
         return F.silu(self.to_features(self.body(self._check(images))))
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """name -> logits (B, classes) per attribute of a one-object image; with slot heads
+        also "slot_<name>" -> (B, 5 places, classes) for occupied/color/shape/size."""
         h = self.features(images)
-        return {name: head(h) for name, head in self.heads.items()}  # name -> (B, classes)
+        out = {name: head(h) for name, head in self.heads.items()}
+        for name, head in (self.slot_heads or {}).items():
+            out["slot_" + name] = head(h).view(h.shape[0], len(POSITIONS), -1)
+        return out
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 512) -> dict[str, Tensor]:
-        """Predicted class index per attribute, (N,) each, in evaluation mode."""
+        """Predicted class index per attribute, (N,) each (slots: (N, 5)), in eval mode."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        parts: dict[str, list[Tensor]] = {name: [] for name in self.heads}
+        parts: dict[str, list[Tensor]] = {}
         for chunk in images.split(batch_size):
             logits = self(chunk.to(device).float())
             for name, value in logits.items():
-                parts[name].append(value.argmax(-1).cpu())
+                parts.setdefault(name, []).append(value.argmax(-1).cpu())
         self.train(was_training)
         return {name: torch.cat(value) for name, value in parts.items()}

@@ -1,0 +1,290 @@
+"""GLIDE on the shapes world (Nichol et al. 2021): a text-conditional diffusion model, trained
+from scratch with its text encoder, guided at sampling time by classifier-free guidance on
+the empty caption or by a noised CLIP; and its inpainting variant.
+
+The model is the one `DiffusionModel` with `conditioning="text"` (a `TextConditioner`: its
+pooled feature joins the time embedding, its tokens every attention block -- `concat_kv`,
+GLIDE's way, or `cross_attention`, latent diffusion's), so sampling, guidance and
+img2img are the ones every diffusion model uses. This file holds the data (fresh captioned
+shapes batches: one- and two-object scenes, some captions naming only part of what they
+show, so that prompts may leave attributes open), the Trainer task and the presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tinygen.data.caption_tokenizer import CaptionTokenizer
+from tinygen.data.inpainting_masks import training_masks
+from tinygen.data.shapes import ATTRIBUTES_ALL, ShapesBatch, generate_shapes
+from tinygen.data.shapes_prompts import canonical_pair_prompt, canonical_prompt
+from tinygen.diffusion.objective import draw_timesteps_and_noise
+from tinygen.errors import TinygenError
+from tinygen.fields import check_fields
+from tinygen.models.conditioning import TextConditionerConfig
+from tinygen.models.diffusion import DiffusionConfig, DiffusionModel
+from tinygen.nn.unet import UNetConfig
+from tinygen.recipes.common import Preset, fit
+from tinygen.train.config import TrainConfig
+from tinygen.train.trainer import TrainResult
+
+MODEL_TYPE = "glide"
+
+
+@dataclass
+class CaptionData:
+    """What the text-to-image models of the shapes world train on."""
+
+    image_size: int = field(default=32, metadata={"help": "image size (pixels)", "min": 16})
+    pair_fraction: float = field(
+        default=0.4,
+        metadata={"help": "share of two-object scenes in each batch", "min": 0, "max": 1},
+    )
+    partial_prob: float = field(
+        default=0.2,
+        metadata={
+            "help": "chance that a caption leaves size and/or position unsaid",
+            "min": 0,
+            "max": 1,
+        },
+    )
+
+    def validate(self) -> None:
+        check_fields(self)
+
+
+def world_tokenizer() -> CaptionTokenizer:
+    """The word-level tokenizer of every caption the shapes world writes (both kinds), from
+    a fixed sample that holds every template and every attribute word."""
+    captions = []
+    for two_objects in (False, True):
+        batch = generate_shapes(600, split="test", seed=0, two_objects=two_objects)
+        captions += batch.captions + batch.prompts
+    return CaptionTokenizer.from_captions(captions)
+
+
+def partial_caption(batch: ShapesBatch, i: int, generator: torch.Generator) -> str:
+    """The canonical prompt of image i with its size and/or position left out (each with
+    chance 1/2, at least one of them): "a red circle", "a large red circle"."""
+    names = {k: ATTRIBUTES_ALL[k][int(v[i])] for k, v in batch.labels.items()}
+    keep_size, keep_where = torch.rand(2, generator=generator) < 0.5
+    if keep_size and keep_where:
+        keep_size = torch.tensor(False)
+    size = names["size"] if keep_size else None
+    if "relation" in names:
+        first = {"color": names["color"], "shape": names["shape"], "size": size}
+        second = {"color": names["color2"], "shape": names["shape2"]}
+        second["size"] = names["size2"] if keep_size else None
+        return canonical_pair_prompt(first, names["relation"], second)
+    return canonical_prompt(
+        names["color"], names["shape"], size, names["position"] if keep_where else None
+    )
+
+
+def captioned_batch(
+    data: CaptionData, split: str, batch_size: int, seed: int
+) -> tuple[ShapesBatch, list[str]]:
+    """Fresh images of `split` ("train" or "val": neither shows the held-out pairs), the
+    two-object scenes after the one-object ones, and a caption for each."""
+    n_pairs = round(batch_size * data.pair_fraction)
+    parts = []
+    if batch_size - n_pairs:
+        parts.append(
+            generate_shapes(
+                batch_size - n_pairs, split=split, seed=seed, image_size=data.image_size
+            )
+        )
+    if n_pairs:
+        parts.append(
+            generate_shapes(
+                n_pairs, split=split, seed=seed, image_size=data.image_size, two_objects=True
+            )
+        )
+    gen = torch.Generator().manual_seed(seed)
+    captions = []
+    for part in parts:
+        for i in range(len(part)):
+            partial = float(torch.rand(1, generator=gen)) < data.partial_prob
+            captions.append(partial_caption(part, i, gen) if partial else part.captions[i])
+    # object masks as (N, 2, H, W): a one-object image repeats its one object
+    masks = [p.masks if p.masks.shape[1] == 2 else p.masks.repeat(1, 2, 1, 1) for p in parts]
+    images = torch.cat([p.images for p in parts])
+    batch = ShapesBatch(images, captions, sum((p.prompts for p in parts), []), {}, torch.cat(masks))
+    return batch, captions
+
+
+class GlideTask:
+    """The Trainer task of GLIDE (see tinygen.train.trainer.Task): fresh captioned batches,
+    the caption replaced by the empty one `text.drop_prob` of the time, the shared diffusion
+    loss; an inpainting model also gets a random mask and the masked image."""
+
+    items_name = "images"
+
+    def __init__(self, model: DiffusionModel, tokenizer: CaptionTokenizer, data: CaptionData):
+        self.model, self.tokenizer, self.data = model, tokenizer, data
+
+    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict:
+        seed = int(torch.randint(2**58, (1,), generator=generator))
+        batch, captions = captioned_batch(
+            self.data, "train" if split == "train" else "val", batch_size, seed
+        )
+        config = self.model.config
+        t, noise = draw_timesteps_and_noise(
+            batch.images.shape, config.num_train_timesteps, generator
+        )
+        drop = torch.rand(batch_size, generator=generator) < config.text.drop_prob
+        out = {
+            "x0": batch.images,
+            "t": t,
+            "noise": noise,
+            "drop": drop,
+            "tokens": self.tokenizer.encode_batch(captions),
+        }
+        if config.inpainting:
+            mask = training_masks(batch.masks, generator)
+            out.update(mask=mask, masked_image=batch.images * (1 - mask))
+        return out
+
+    def loss(self, model: nn.Module, batch: dict) -> Tensor:
+        cond = {k: batch[k] for k in ("tokens", "masked_image", "mask") if k in batch}
+        return self.model.training_loss(
+            batch["x0"], batch["noise"], batch["t"], cond, batch["drop"], forward=model
+        )
+
+    def on_end(self, model: nn.Module, run_dir: str | Path) -> None:
+        """A grid of DDIM-25 samples at guidance 3 for a few canonical prompts."""
+        if self.model.config.inpainting:
+            return
+        from tinygen.data.image_folder import save_image_grid
+
+        prompts = SAMPLE_PROMPTS
+        tokens = self.tokenizer.encode_batch(prompts)
+        gen = torch.Generator().manual_seed(0)
+        images = model.generate(
+            len(prompts), cond={"tokens": tokens}, guidance=3.0, steps=25, generator=gen
+        )
+        save_image_grid(images, Path(run_dir) / "samples.png", nrow=4, scale=4)
+
+
+SAMPLE_PROMPTS = [
+    "a large red circle on the left",
+    "a small blue square at the top",
+    "a large green star in the centre",
+    "a small yellow triangle at the bottom",
+    "a large white cross on the right",
+    "a small purple diamond on the left",
+    "a large orange star at the top",
+    "a small cyan circle in the centre",
+    "a red circle to the left of a blue square",
+    "a green star above a yellow diamond",
+    "a white cross below a purple circle",
+    "a cyan triangle to the right of a white square",
+]
+
+_TINY_UNET = UNetConfig(
+    image_size=16,
+    base_channels=16,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(8,),
+    head_channels=16,
+    norm_groups=8,
+)
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        DiffusionConfig(
+            unet=_TINY_UNET,
+            conditioning="text",
+            text=TextConditionerConfig(width=32, layers=1, heads=2),
+        ),
+        TrainConfig(
+            max_iters=60,
+            batch_size=16,
+            learning_rate=1e-3,
+            warmup_iters=10,
+            eval_interval=60,
+            eval_iters=2,
+            log_interval=10,
+            weight_decay=0.0,
+        ),
+        description="seconds-long smoke test: 16 px, a one-layer text encoder",
+        extras={"data": CaptionData(image_size=16)},
+    ),
+    "shapes": Preset(
+        DiffusionConfig(
+            unet=UNetConfig(
+                base_channels=32,
+                channel_mult=(1, 2, 4),
+                num_res_blocks=1,
+                attention_resolutions=(8,),
+                context_mode="concat_kv",
+            ),
+            beta_schedule="cosine",
+            prediction_type="v_prediction",
+            conditioning="text",
+            text=TextConditionerConfig(width=128, layers=2, heads=4),
+        ),
+        TrainConfig(
+            max_iters=3000,
+            batch_size=48,
+            learning_rate=2e-3,
+            warmup_iters=100,
+            eval_interval=1000,
+            eval_iters=5,
+            log_interval=20,
+            weight_decay=0.0,
+            ema_decay=0.998,
+        ),
+        description="the CPU recipe of docs/benchmarks.md: 32 px, concat-kv text conditioning",
+        extras={"data": CaptionData()},
+    ),
+}
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise TinygenError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def train_glide(
+    config: DiffusionConfig,
+    train_config: TrainConfig,
+    data: CaptionData,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a GLIDE model into the run directory `out` (its tokenizer saved beside it)."""
+    data.validate()
+    if config.unet.image_size != data.image_size:
+        raise TinygenError(
+            f"the U-Net draws {config.unet.image_size} px but the data is {data.image_size} px"
+        )
+    tokenizer = world_tokenizer()
+    text = dataclasses.replace(
+        config.text, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length
+    )
+    config = dataclasses.replace(config, conditioning="text", text=text)
+    torch.manual_seed(train_config.seed)
+    model = DiffusionModel(config)
+    run_config = {
+        "model_type": MODEL_TYPE,
+        "model": dataclasses.asdict(config),
+        "data": {"world": "shapes", **dataclasses.asdict(data)},
+    }
+    return fit(
+        GlideTask(model, tokenizer, data),
+        train_config,
+        out,
+        run_config,
+        resume=resume,
+        progress=progress,
+        on_start=tokenizer.save,
+    )
