@@ -15,7 +15,11 @@ classifier guidance) and, soon, the autoencoder of latent diffusion, so each exi
   and values (a 1x1 projection), are put in front of the pixels' own keys and values in the
   self-attention (GLIDE's `encoder_kv`, Nichol et al. 2021, sec. 2.3): one softmax over
   tokens and pixels together.
-- `Downsample` (stride-2 conv) and `Upsample` (nearest 2x + conv), as DDPM.
+- `Downsample` (stride-2 conv) and `Upsample` (nearest 2x + conv), as DDPM; with
+  `asymmetric_padding` the downsampler pads (0, 1, 0, 1) -- right and bottom only -- and
+  convolves unpadded, the layout of the LDM / Stable Diffusion autoencoder's encoder.
+- Without an embedding (`emb_dim=None`) a `ResBlock` is the plain residual block of an
+  autoencoder (the KL autoencoder of latent diffusion, `tinygen.models.autoencoder`).
 - `zero_module`: the last conv of every residual branch starts at zero, so the untrained
   network is the identity on each residual path.
 """
@@ -44,30 +48,40 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """Residual block with the time(+class) embedding injected between its two convs."""
+    """Residual block with the time(+class) embedding injected between its two convs.
+
+    `emb_dim=None` builds it without an embedding input (an autoencoder's block): then
+    `forward(x)` takes no embedding and there is no `emb_proj`. `eps` is the GroupNorms'
+    epsilon (Stable Diffusion's autoencoder uses 1e-6).
+    """
 
     def __init__(
         self,
         in_ch: int,
         out_ch: int,
-        emb_dim: int,
+        emb_dim: int | None,
         *,
         scale_shift: bool,
         dropout: float,
         norm_groups: int,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = nn.GroupNorm(norm_groups_for(in_ch, norm_groups), in_ch)
+        self.norm1 = nn.GroupNorm(norm_groups_for(in_ch, norm_groups), in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
-        self.norm2 = nn.GroupNorm(norm_groups_for(out_ch, norm_groups), out_ch)
+        self.emb_proj = None
+        if emb_dim is not None:
+            self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
+        self.norm2 = nn.GroupNorm(norm_groups_for(out_ch, norm_groups), out_ch, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
+        if self.emb_proj is None:  # an autoencoder's block: no embedding
+            return self.skip(x) + self.conv2(self.dropout(F.silu(self.norm2(h))))
         e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, C or 2C, 1, 1)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
@@ -94,6 +108,7 @@ class AttentionBlock(nn.Module):
         norm_groups: int,
         dropout: float,
         context_mode: str = "cross_attention",
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if context_mode not in CONTEXT_MODES:
@@ -101,7 +116,7 @@ class AttentionBlock(nn.Module):
                 f"unknown context_mode {context_mode!r}; choose {' or '.join(CONTEXT_MODES)}"
             )
         n_head = channels // head_channels
-        self.norm = nn.GroupNorm(norm_groups_for(channels, norm_groups), channels)
+        self.norm = nn.GroupNorm(norm_groups_for(channels, norm_groups), channels, eps=eps)
         self.attn = Attention(channels, n_head, dropout=dropout)
         zero_module(self.attn.out_proj)
         self.cross_attn = self.encoder_kv = None
@@ -138,11 +153,18 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """A stride-2 3x3 conv; padded by one on every side, or (asymmetric_padding) only on the
+    right and bottom, as the LDM / Stable Diffusion autoencoder's encoder."""
+
+    def __init__(self, channels: int, *, asymmetric_padding: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.asymmetric_padding = asymmetric_padding
+        padding = 0 if asymmetric_padding else 1
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.asymmetric_padding:
+            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
         return self.conv(x)
 
 

@@ -19,6 +19,14 @@ kept plain):
   diffusion, Rombach et al. 2022, sec. 3.3) or joined to the self-attention's keys and values
   (`context_mode="concat_kv"`, GLIDE's `encoder_kv`); see `tinygen.nn.resnet.AttentionBlock`.
 
+The attention block is ADM's (`attention_type="adm"`, `tinygen.nn.resnet.AttentionBlock`)
+or Stable Diffusion's Transformer (`"transformer"`, `tinygen.nn.spatial_transformer`). The
+options Stable Diffusion's U-Net needs -- heads counted per level (`num_heads`), the
+cos-first time embedding (`flip_sin_to_cos`, `freq_shift`), the GroupNorm epsilon, the
+time-embedding width, per-channel bias injection (`scale_shift=False`) and no attention at
+the lowest level (`attention_resolutions`) -- are fields whose defaults keep ADM's U-Net;
+`tinygen.models.convert.stable_diffusion` maps diffusers' `UNet2DConditionModel` onto it.
+
 Down path: `num_res_blocks` blocks per level, then a stride-2 conv; the up path mirrors it,
 concatenating the saved activations (skip connections), then nearest-neighbour 2x
 upsampling + conv. Attention at the chosen resolutions and in the middle. The blocks live in
@@ -48,6 +56,9 @@ from tinygen.nn.resnet import (  # noqa: F401 - ResBlock & co. lived here before
     norm_groups_for,
     zero_module,
 )
+from tinygen.nn.spatial_transformer import SpatialTransformer
+
+ATTENTION_TYPES = ("adm", "transformer")
 
 
 @dataclass
@@ -94,15 +105,61 @@ class UNetConfig:
         default=0.0, metadata={"help": "dropout probability", "min": 0, "below": 1}
     )
     norm_groups: int = field(default=32, metadata={"help": "GroupNorm groups (at most)", "min": 1})
+    attention_type: str = field(
+        default="adm",
+        metadata={
+            "help": "attention block: adm (ADM's) | transformer (Stable Diffusion's)",
+            "choices": ATTENTION_TYPES,
+        },
+    )
+    num_heads: tuple[int, ...] = field(
+        default=(),
+        metadata={
+            "help": "attention heads per level (one value = every level), instead of "
+            "head_channels; empty = use head_channels",
+            "min": 1,
+        },
+    )
+    transformer_depth: int = field(
+        default=1, metadata={"help": "Transformer blocks per transformer attention", "min": 1}
+    )
+    linear_projection: bool = field(
+        default=False, metadata={"help": "transformer attention: linear proj_in/out (SD v2)"}
+    )
+    time_embed_dim: int = field(
+        default=0, metadata={"help": "time-embedding width; 0 = 4 x base_channels", "min": 0}
+    )
+    flip_sin_to_cos: bool = field(
+        default=False, metadata={"help": "timestep embedding with the cosines first"}
+    )
+    freq_shift: float = field(
+        default=0.0, metadata={"help": "timestep embedding's frequency divisor shift"}
+    )
+    norm_eps: float = field(
+        default=1e-5, metadata={"help": "GroupNorm epsilon of the residual blocks", "above": 0}
+    )
 
     def __post_init__(self) -> None:
         # configs read back from JSON carry lists
         self.channel_mult = tuple(self.channel_mult)
         self.attention_resolutions = tuple(self.attention_resolutions)
+        self.num_heads = tuple(self.num_heads)
 
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def emb_dim(self) -> int:
+        """Width of the time (+ condition) embedding."""
+        return self.time_embed_dim or 4 * self.base_channels
+
+    def heads_at(self, level: int) -> int:
+        """Attention heads at a level: `num_heads` (per level or one for all) or the width
+        over `head_channels`."""
+        if self.num_heads:
+            return self.num_heads[level if len(self.num_heads) > 1 else 0]
+        return self.base_channels * self.channel_mult[level] // self.head_channels
 
     def validate(self) -> None:
         check_fields(self)
@@ -120,11 +177,20 @@ class UNetConfig:
                 f"attention_resolutions {unknown} are not feature-map sizes of this U-Net "
                 f"(it has {sorted(sizes, reverse=True)}); pick from those"
             )
+        if len(self.num_heads) not in (0, 1, len(self.channel_mult)):
+            raise TinygenError(
+                f"num_heads {self.num_heads} gives {len(self.num_heads)} values for "
+                f"{len(self.channel_mult)} levels; give one value or one per level"
+            )
         last = len(self.channel_mult) - 1
         for i, mult in enumerate(self.channel_mult):
             ch = self.base_channels * mult
             needs_attention = i == last or self.image_size // 2**i in self.attention_resolutions
-            if needs_attention and ch % self.head_channels:
+            if needs_attention and self.num_heads and ch % self.heads_at(i):
+                raise TinygenError(
+                    f"width {ch} is not divisible by {self.heads_at(i)} heads (num_heads)"
+                )
+            if needs_attention and not self.num_heads and ch % self.head_channels:
                 raise TinygenError(
                     f"width {ch} is not divisible by head_channels {self.head_channels}"
                 )
@@ -135,10 +201,48 @@ _groups = norm_groups_for
 _zero = zero_module
 
 
+def attention_block(
+    config: UNetConfig, channels: int, level: int
+) -> AttentionBlock | SpatialTransformer:
+    """The attention block of `config.attention_type` for a feature map at `level`."""
+    c = config
+    if c.attention_type == "transformer":
+        return SpatialTransformer(
+            channels,
+            c.heads_at(level),
+            context_dim=c.context_dim,
+            depth=c.transformer_depth,
+            linear_projection=c.linear_projection,
+            norm_groups=c.norm_groups,
+            dropout=c.dropout,
+        )
+    return AttentionBlock(
+        channels,
+        head_channels=channels // c.heads_at(level),
+        context_dim=c.context_dim,
+        context_mode=c.context_mode,
+        norm_groups=c.norm_groups,
+        dropout=c.dropout,
+    )
+
+
+def resblock_options(config: UNetConfig) -> dict:
+    """The keyword arguments every ResBlock of the U-Net shares."""
+    c = config
+    return {
+        "scale_shift": c.scale_shift,
+        "dropout": c.dropout,
+        "norm_groups": c.norm_groups,
+        "eps": c.norm_eps,
+    }
+
+
 class Level(nn.Module):
     """The residual blocks (each optionally followed by attention) of one resolution."""
 
-    def __init__(self, blocks: list[ResBlock], attns: list[AttentionBlock | None]) -> None:
+    def __init__(
+        self, blocks: list[ResBlock], attns: list[AttentionBlock | SpatialTransformer | None]
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.attns = nn.ModuleList(a if a is not None else nn.Identity() for a in attns)
@@ -155,7 +259,7 @@ class UNetEncoder(nn.Module):
         super().__init__()
         config.validate()
         self.config = c = config
-        emb_dim = 4 * c.base_channels
+        emb_dim = c.emb_dim
         self.time_mlp = nn.Sequential(
             nn.Linear(c.base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
@@ -164,14 +268,7 @@ class UNetEncoder(nn.Module):
         if c.cond_emb_dim > 0:  # zero at the start: the condition learns its way in
             self.cond_proj = zero_module(nn.Linear(c.cond_emb_dim, emb_dim))
         self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
-        kw = {"scale_shift": c.scale_shift, "dropout": c.dropout, "norm_groups": c.norm_groups}
-        akw = {
-            "head_channels": c.head_channels,
-            "context_dim": c.context_dim,
-            "context_mode": c.context_mode,
-            "norm_groups": c.norm_groups,
-            "dropout": c.dropout,
-        }
+        kw = resblock_options(c)
         self.down = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         self.skip_channels = [c.base_channels]
@@ -181,7 +278,8 @@ class UNetEncoder(nn.Module):
             blocks, attns = [], []
             for _ in range(c.num_res_blocks):
                 blocks.append(ResBlock(ch, out, emb_dim, **kw))
-                attns.append(AttentionBlock(out, **akw) if res in c.attention_resolutions else None)
+                has_attention = res in c.attention_resolutions
+                attns.append(attention_block(c, out, i) if has_attention else None)
                 ch = out
                 self.skip_channels.append(ch)
             self.down.append(Level(blocks, attns))
@@ -190,7 +288,7 @@ class UNetEncoder(nn.Module):
                 self.skip_channels.append(ch)
                 res //= 2
         self.mid_block1 = ResBlock(ch, ch, emb_dim, **kw)
-        self.mid_attn = AttentionBlock(ch, **akw)
+        self.mid_attn = attention_block(c, ch, len(c.channel_mult) - 1)
         self.mid_block2 = ResBlock(ch, ch, emb_dim, **kw)
         self.out_channels = ch
 
@@ -203,7 +301,11 @@ class UNetEncoder(nn.Module):
         embeddings are summed (one row per attribute, e.g. colour and shape).
         cond_emb is (B, cond_emb_dim), projected and added.
         """
-        emb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels))
+        c = self.config
+        t_emb = sinusoidal_embedding(
+            t, c.base_channels, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift
+        )  # (B, base_channels), float32
+        emb = self.time_mlp(t_emb.to(self.time_mlp[0].weight.dtype))
         if self.class_emb is not None:
             if class_labels is None:
                 raise TinygenError("this U-Net is class-conditional and needs class labels")
@@ -257,7 +359,7 @@ class UNetEncoder(nn.Module):
         for i, level in enumerate(self.down):
             for block, attn in zip(level.blocks, level.attns):
                 h = block(h, emb)
-                if isinstance(attn, AttentionBlock):
+                if not isinstance(attn, nn.Identity):
                     h = attn(h, context, context_mask)
                 skips.append(h)
             if i < len(self.downsamplers):
@@ -277,15 +379,8 @@ class UNet(nn.Module):
         super().__init__()
         self.config = c = config
         self.encoder = UNetEncoder(config)
-        emb_dim = 4 * c.base_channels
-        kw = {"scale_shift": c.scale_shift, "dropout": c.dropout, "norm_groups": c.norm_groups}
-        akw = {
-            "head_channels": c.head_channels,
-            "context_dim": c.context_dim,
-            "context_mode": c.context_mode,
-            "norm_groups": c.norm_groups,
-            "dropout": c.dropout,
-        }
+        emb_dim = c.emb_dim
+        kw = resblock_options(c)
         skip_channels = list(self.encoder.skip_channels)
         ch = self.encoder.out_channels
         res = c.image_size // c.downsample_factor
@@ -296,13 +391,14 @@ class UNet(nn.Module):
             blocks, attns = [], []
             for _ in range(c.num_res_blocks + 1):  # one more: it takes the downsampler's skip
                 blocks.append(ResBlock(ch + skip_channels.pop(), out, emb_dim, **kw))
-                attns.append(AttentionBlock(out, **akw) if res in c.attention_resolutions else None)
+                has_attention = res in c.attention_resolutions
+                attns.append(attention_block(c, out, i) if has_attention else None)
                 ch = out
             self.up.append(Level(blocks, attns))
             if i > 0:
                 self.upsamplers.append(Upsample(ch))
                 res *= 2
-        self.norm_out = nn.GroupNorm(norm_groups_for(ch, c.norm_groups), ch)
+        self.norm_out = nn.GroupNorm(norm_groups_for(ch, c.norm_groups), ch, eps=c.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(ch, c.out_channels, 3, padding=1))
 
     def num_params(self) -> int:
@@ -323,7 +419,7 @@ class UNet(nn.Module):
         for i, level in enumerate(self.up):
             for block, attn in zip(level.blocks, level.attns):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
-                if isinstance(attn, AttentionBlock):
+                if not isinstance(attn, nn.Identity):
                     h = attn(h, context, context_mask)
             if i < len(self.upsamplers):
                 h = self.upsamplers[i](h)
