@@ -20,6 +20,18 @@ from tinygen.models.clip import CLIPConfig
 from tinygen.recipes.clip import PRESETS
 from tinygen.train.config import TrainConfig
 
+HF_HELP = (
+    "a transformers CLIPModel checkpoint instead of a run: a local directory, or a Hugging "
+    "Face Hub name (openai/clip-vit-base-patch32; downloaded only then)"
+)
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    """--run (our CLIP run) or --hf (a published CLIP), exactly one."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=Path, help="CLIP run directory")
+    which.add_argument("--hf", metavar="NAME_OR_DIR", help=HF_HELP)
+
 
 def register(commands) -> None:
     train = commands.train.add_parser(
@@ -95,13 +107,13 @@ def register(commands) -> None:
         help="classify images among text labels",
         description="Classify each image among the --labels (CLIP's zero-shot classifier).",
     )
-    zero.add_argument("--run", type=Path, required=True, help="CLIP run directory")
+    _model_flags(zero)
     zero.add_argument("--labels", required=True, help='comma-separated: "red circle,blue star"')
     zero.add_argument(
         "--template",
         action="append",
         default=None,
-        help="prompt template with {} (repeatable; default: the run's own)",
+        help="prompt template with {} (repeatable; default: the run's own, {} for --hf)",
     )
     zero.add_argument("images", nargs="+", type=Path, help="image files")
     zero.set_defaults(func=zero_shot)
@@ -110,7 +122,7 @@ def register(commands) -> None:
         help="find the images that best match a text",
         description="Rank the images of a folder by their similarity to --text.",
     )
-    search.add_argument("--run", type=Path, required=True, help="CLIP run directory")
+    _model_flags(search)
     search.add_argument(
         "--text", type=non_empty_text, required=True, help='what to look for, e.g. "red circle"'
     )
@@ -170,9 +182,16 @@ def zero_shot(args: argparse.Namespace) -> int:
         raise TinygenError(
             '--labels is empty; pass comma-separated labels, e.g. --labels "red circle,blue square"'
         )
-    model, tokenizer, config = load_clip(args.run)
-    templates = args.template or run_templates(config)
-    images = torch.stack([load_image(path, config["model"]["image_size"]) for path in args.images])
+    if args.hf is not None:
+        from tinygen.recipes.pretrained_clip import load_pretrained_clip
+
+        model, tokenizer, load_images = load_pretrained_clip(args.hf)
+        templates, images = args.template or ["{}"], load_images(args.images)
+    else:
+        model, tokenizer, config = load_clip(args.run)
+        templates = args.template or run_templates(config)
+        size = config["model"]["image_size"]
+        images = torch.stack([load_image(path, size) for path in args.images])
     probs = classify_images(model, tokenizer, images, labels, templates)
     for path, p in zip(args.images, probs):
         best = int(p.argmax())
@@ -189,15 +208,23 @@ def search_images(args: argparse.Namespace) -> int:
     if args.grid is not None:
         args.grid = check_output_file(args.grid, "--grid")
 
-    model, tokenizer, config = load_clip(args.run)
+    load_images, image_size = None, 0
+    if args.hf is not None:
+        from tinygen.recipes.pretrained_clip import load_pretrained_clip
+
+        model, tokenizer, load_images = load_pretrained_clip(args.hf)
+    else:
+        model, tokenizer, config = load_clip(args.run)
+        image_size = config["model"]["image_size"]
     matches = search_folder(
         model,
         tokenizer,
         args.images,
         args.text,
-        image_size=config["model"]["image_size"],
+        image_size=image_size,
         k=args.top,
         grid=args.grid,
+        load_images=load_images,
     )
     for rank, (path, score) in enumerate(matches, 1):
         print(f"{rank}. {path}  {score:.3f}")

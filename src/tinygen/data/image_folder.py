@@ -25,15 +25,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 CAPTIONS_FILE = "captions.jsonl"
 
 
-def load_image(path: str | Path, image_size: int) -> Tensor:
-    """One image file -> (3, image_size, image_size) float in [-1, 1]: RGB, shorter side
-    resized to image_size, centre crop."""
+def open_rgb(path: str | Path):
+    """One image file as an upright RGB PIL image (EXIF orientation applied), or the error
+    that names the file and the fix."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
+            return ImageOps.exif_transpose(im).convert("RGB")
     except FileNotFoundError as e:
         raise TinygenError(f"image {path} does not exist; fix the caption file or add it") from e
     except (UnidentifiedImageError, OSError) as e:
@@ -41,6 +41,14 @@ def load_image(path: str | Path, image_size: int) -> Tensor:
             f"{path} is not an image Pillow can read ({e.__class__.__name__}); remove it or "
             "replace it with a JPEG/PNG"
         ) from e
+
+
+def load_image(path: str | Path, image_size: int) -> Tensor:
+    """One image file -> (3, image_size, image_size) float in [-1, 1]: RGB, shorter side
+    resized to image_size, centre crop."""
+    from PIL import Image
+
+    im = open_rgb(path)
     w, h = im.size
     scale = image_size / min(w, h)
     new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))

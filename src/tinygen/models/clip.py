@@ -13,24 +13,27 @@ image–text pairs have the most similar embeddings in a batch.
 
 - A noised CLIP (GLIDE, Nichol et al. 2021, sec. 3) for guiding diffusion: with
   `num_timesteps > 0` the ViT also reads the diffusion step t of a noised image x_t.
+- OpenAI's released CLIPs load into these same towers (`CLIP.from_pretrained`, converted
+  by models/convert/clip.py) through options: QuickGELU, no patch-embedding bias, the MLP
+  width, the LayerNorm epsilon, and pooling at the end-of-text id.
 
 The towers have keyword constructors (`VisionTransformer(image_size=..., width=...)`,
-`from_config(config)` builds them from a `CLIPConfig`); the projections and the temperature
-belong to `CLIP`, so saved runs keep their weight names. The loss is `clip_loss`
+`from_config(config)` builds them from a `CLIPConfig`, in clip_config.py); the projections
+and the temperature belong to `CLIP`, so saved runs keep their weight names. The loss is `clip_loss`
 (clip_loss.py), re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
-from tinygen.fields import check_fields
+from tinygen.models.clip_config import POOLINGS, CLIPConfig
 from tinygen.models.clip_loss import clip_logits, clip_loss
 from tinygen.models.clip_resnet import ResNetTower
 from tinygen.nn.embeddings import PatchEmbedding, sinusoidal_embedding
@@ -44,79 +47,6 @@ __all__ = [
     "clip_logits",
     "clip_loss",
 ]
-
-
-@dataclass
-class CLIPConfig:
-    embed_dim: int = field(default=128, metadata={"help": "joint embedding size", "min": 1})
-    image_size: int = field(default=32, metadata={"help": "input height and width", "min": 1})
-    in_channels: int = field(default=3, metadata={"help": "image channels", "min": 1})
-    image_tower: str = field(
-        default="vit", metadata={"help": "image encoder", "choices": ("vit", "resnet")}
-    )
-    patch_size: int = field(default=4, metadata={"help": "ViT patch size", "min": 1})
-    vision_width: int = field(default=128, metadata={"help": "ViT width", "min": 1})
-    vision_layers: int = field(default=4, metadata={"help": "ViT blocks", "min": 1})
-    vision_heads: int = field(default=4, metadata={"help": "ViT attention heads", "min": 1})
-    resnet_width: int = field(default=32, metadata={"help": "ResNet channels of stage 1", "min": 1})
-    resnet_layers: list[int] = field(
-        default_factory=lambda: [1, 1, 1],
-        metadata={"help": "ResNet blocks per stage, comma separated", "min": 1},
-    )
-    text_tower: str = field(
-        default="transformer",
-        metadata={"help": "text encoder", "choices": ("transformer", "minilm")},
-    )
-    vocab_size: int = field(
-        default=64, metadata={"help": "caption vocabulary (set by data)", "min": 1}
-    )
-    context_length: int = field(default=16, metadata={"help": "tokens per caption", "min": 1})
-    text_width: int = field(default=128, metadata={"help": "text Transformer width", "min": 1})
-    text_layers: int = field(default=3, metadata={"help": "text Transformer blocks", "min": 1})
-    text_heads: int = field(default=4, metadata={"help": "text attention heads", "min": 1})
-    dropout: float = field(
-        default=0.0, metadata={"help": "dropout probability", "min": 0, "below": 1}
-    )
-    num_timesteps: int = field(
-        default=0,
-        metadata={
-            "help": "diffusion steps the ViT reads t from (noised CLIP, GLIDE); 0 = clean",
-            "min": 0,
-        },
-    )
-    logit_scale_init: float = field(
-        default=math.log(1 / 0.07),
-        metadata={"help": "initial log temperature multiplier"},
-    )
-    max_logit_scale: float = field(default=100.0, metadata={"help": "clamp of exp(t)", "above": 1})
-
-    def validate(self) -> None:
-        check_fields(self)
-        for width, heads, name in (
-            (self.vision_width, self.vision_heads, "vision"),
-            (self.text_width, self.text_heads, "text"),
-        ):
-            if width % heads:
-                raise TinygenError(
-                    f"--{name}-width ({width}) must be divisible by --{name}-heads ({heads})"
-                )
-        if self.image_tower == "vit" and self.image_size % self.patch_size:
-            raise TinygenError(
-                f"--image-size {self.image_size} is not divisible by --patch-size {self.patch_size}"
-            )
-        if self.image_tower == "resnet" and (
-            not self.resnet_layers or self.image_size % 2 ** (len(self.resnet_layers) - 1)
-        ):
-            raise TinygenError(
-                f"--resnet-layers {self.resnet_layers} does not fit "
-                f"--image-size {self.image_size}: each stage after the first "
-                "halves the image; give fewer stages"
-            )
-        if self.num_timesteps and self.image_tower != "vit":
-            raise TinygenError(
-                "a noised CLIP (--num-timesteps > 0) needs --image-tower vit; the ResNet "
-                "tower has no timestep input"
-            )
 
 
 class VisionTransformer(nn.Module):
@@ -154,6 +84,10 @@ class VisionTransformer(nn.Module):
         in_channels: int = 3,
         dropout: float = 0.0,
         num_timesteps: int = 0,
+        patch_bias: bool = True,
+        activation: str = "gelu",
+        norm_eps: float = 1e-5,
+        mlp_dim: int | None = None,
     ) -> None:
         super().__init__()
         if num_timesteps < 0:
@@ -161,15 +95,20 @@ class VisionTransformer(nn.Module):
                 f"num_timesteps must be 0 (no timestep) or positive, got {num_timesteps}"
             )
         self.patch_embed = PatchEmbedding(
-            image_size=image_size, patch_size=patch_size, in_channels=in_channels, dim=width
+            image_size=image_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            dim=width,
+            bias=patch_bias,
         )
         self.class_token = nn.Parameter(torch.randn(width) * width**-0.5)
         self.pos_embedding = nn.Parameter(
             torch.randn(self.patch_embed.num_patches + 1, width) * 0.02
         )
-        self.ln_pre = nn.LayerNorm(width)
-        self.blocks = nn.ModuleList(Block(width, heads, dropout=dropout) for _ in range(layers))
-        self.ln_post = nn.LayerNorm(width)
+        block = dict(dropout=dropout, activation=activation, norm_eps=norm_eps, mlp_dim=mlp_dim)
+        self.ln_pre = nn.LayerNorm(width, eps=norm_eps)
+        self.blocks = nn.ModuleList(Block(width, heads, **block) for _ in range(layers))
+        self.ln_post = nn.LayerNorm(width, eps=norm_eps)
         self.out_dim = width
         self.num_timesteps = num_timesteps
         # created last, so a tower with timesteps draws the clean tower's initial weights
@@ -186,6 +125,10 @@ class VisionTransformer(nn.Module):
             in_channels=config.in_channels,
             dropout=config.dropout,
             num_timesteps=config.num_timesteps,
+            patch_bias=config.patch_bias,
+            activation=config.activation,
+            norm_eps=config.norm_eps,
+            mlp_dim=config.vision_mlp_dim or None,
         )
 
     def _timestep_embedding(self, t: Tensor | int | None, batch: int, device) -> Tensor:
@@ -233,6 +176,10 @@ class TextTransformer(nn.Module):
     U-Net cross-attends to, and `pooled` is its row at `<eot>`. Under the causal mask a
     position sees only itself and earlier tokens, so the rows after `<eot>` (padding)
     never change the rows before; a consumer should still mask them (`tokens != 0`).
+
+    `pooling` picks the `<eot>` row: `last` (ours: the last token before the pad 0s),
+    `argmax` (the highest id, OpenAI's rule: `<|endoftext|>` is the last id of its
+    vocabulary) or `eos` (the first `eos_token_id`, transformers' rule for newer configs).
     """
 
     def __init__(
@@ -244,16 +191,25 @@ class TextTransformer(nn.Module):
         layers: int,
         heads: int,
         dropout: float = 0.0,
+        activation: str = "gelu",
+        norm_eps: float = 1e-5,
+        mlp_dim: int | None = None,
+        pooling: str = "last",
+        eos_token_id: int = 0,
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise TinygenError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        block = dict(dropout=dropout, activation=activation, norm_eps=norm_eps, mlp_dim=mlp_dim)
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.pos_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
         self.blocks = nn.ModuleList(
-            Block(width, heads, causal=True, dropout=dropout) for _ in range(layers)
+            Block(width, heads, causal=True, **block) for _ in range(layers)
         )
-        self.ln_final = nn.LayerNorm(width)
+        self.ln_final = nn.LayerNorm(width, eps=norm_eps)
         self.out_dim = width
         self.context_length = context_length
+        self.pooling, self.eos_token_id = pooling, eos_token_id
 
     @classmethod
     def from_config(cls, config: CLIPConfig) -> TextTransformer:
@@ -264,7 +220,25 @@ class TextTransformer(nn.Module):
             layers=config.text_layers,
             heads=config.text_heads,
             dropout=config.dropout,
+            activation=config.activation,
+            norm_eps=config.norm_eps,
+            mlp_dim=config.text_mlp_dim or None,
+            pooling=config.text_pooling,
+            eos_token_id=config.eos_token_id,
         )
+
+    @classmethod
+    def from_hf(cls, hf_config: dict, hf_state_dict: dict[str, Tensor]) -> TextTransformer:
+        """A transformers CLIP text tower (a CLIPModel's or a CLIPTextModel's config.json
+        and tensors, e.g. Stable Diffusion's text encoder) in this tower, eval mode."""
+        from tinygen.models.convert.clip import (
+            clip_text_config_from_hf,
+            convert_clip_text_state_dict,
+        )
+
+        tower = cls(**clip_text_config_from_hf(hf_config))
+        tower.load_state_dict(convert_clip_text_state_dict(hf_state_dict, tower.state_dict()))
+        return tower.eval()
 
     def forward(
         self, tokens: Tensor, return_tokens: bool = False
@@ -279,7 +253,12 @@ class TextTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.ln_final(x)  # (B, T, width)
-        eot = (tokens != 0).sum(dim=1).clamp(min=1) - 1  # the last real token: <eot>
+        if self.pooling == "last":
+            eot = (tokens != 0).sum(dim=1).clamp(min=1) - 1  # the last real token: <eot>
+        elif self.pooling == "argmax":
+            eot = tokens.argmax(dim=1)  # the first highest id
+        else:
+            eot = (tokens == self.eos_token_id).int().argmax(dim=1)  # the first eos
         pooled = x[torch.arange(b, device=tokens.device), eot]  # (B, width)
         return (pooled, x) if return_tokens else pooled
 
@@ -317,6 +296,30 @@ class CLIP(nn.Module):
         nn.init.normal_(self.visual_projection.weight, std=self.visual.out_dim**-0.5)
         nn.init.normal_(self.text_projection.weight, std=self.text.out_dim**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> CLIP:
+        """A transformers `CLIPModel` checkpoint (a local directory, or a Hub name such as
+        openai/clip-vit-base-patch32, downloaded only then) in our towers, in eval mode.
+
+        Its `encode_image` takes the pixel values the checkpoint's CLIPProcessor makes
+        (normalised by CLIP's mean and std, not our [-1, 1]); `encode_text` its token ids
+        (B, T). With `normalize=False` they equal transformers' `get_image_features` /
+        `get_text_features` (projected, not normalised); by default they are unit-norm, as
+        `CLIPModel.forward` uses them for `logits_per_image`."""
+        from tinygen.models.convert.clip import clip_config_from_hf, convert_clip_state_dict
+        from tinygen.models.pretrained import load_checkpoint
+
+        checkpoint = load_checkpoint(
+            name_or_dir,
+            model_types=("clip",),
+            family="CLIP",
+            example="openai/clip-vit-base-patch32",
+        )
+        model = cls(CLIPConfig(**clip_config_from_hf(checkpoint.config)))
+        conversion = convert_clip_state_dict(checkpoint.state_dict, model.state_dict())
+        model.load_state_dict(conversion.state_dict)
+        return model.eval()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

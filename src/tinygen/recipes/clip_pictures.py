@@ -6,6 +6,7 @@ classification among text labels. matplotlib is imported only here, inside the f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -124,9 +125,11 @@ def search_folder(
     image_size: int,
     k: int = 5,
     grid: str | Path | None = None,
+    load_images: Callable[[list[Path]], Tensor] | None = None,
 ) -> list[tuple[Path, float]]:
     """The `k` images of `folder` closest to `text`, best first, as (path, similarity);
-    with `grid`, also saved there as a retrieval grid."""
+    with `grid`, also saved there as a retrieval grid. `load_images(files)` -> (N, 3, S, S)
+    in [-1, 1] replaces our loader (a published CLIP's processor resizes its own way)."""
     from tinygen.data.image_folder import IMAGE_EXTENSIONS, load_image
 
     folder = Path(folder)
@@ -135,7 +138,10 @@ def search_folder(
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise TinygenError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    images = torch.stack([load_image(p, image_size) for p in files])
+    if load_images is not None:
+        images = load_images(files)
+    else:
+        images = torch.stack([load_image(p, image_size) for p in files])
     index, scores = top_matches(model, tokenizer, images, [text], k=k)
     if grid is not None:
         plot_retrieval_grid(model, tokenizer, images, [text], grid, k=k)
