@@ -15,6 +15,7 @@ from tinygen.cli.common import (
     positive_int,
     train_config_from_args,
 )
+from tinygen.diffusion.schedule import BETA_SCHEDULES
 from tinygen.errors import TinygenError
 from tinygen.models.clip import CLIPConfig
 from tinygen.recipes.clip import PRESETS
@@ -62,6 +63,21 @@ def register(commands) -> None:
     )
     train.add_argument(
         "--data-seed", type=non_negative_int, default=0, help="seed of the shapes data"
+    )
+    train.add_argument(
+        "--noised",
+        action="store_true",
+        help="a noised CLIP for CLIP guidance (GLIDE): trained on x_t, t uniform, under --schedule",
+    )
+    train.add_argument(
+        "--schedule",
+        dest="noise_schedule",
+        choices=BETA_SCHEDULES,
+        default=None,
+        help="with --noised: the guided diffusion model's beta schedule (default cosine)",
+    )
+    train.add_argument(
+        "--num-train-timesteps", type=positive_int, default=1000, help="with --noised: T"
     )
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/clip)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -143,7 +159,10 @@ def train_clip(args: argparse.Namespace) -> int:
     from tinygen.recipes.clip import train_clip as train
 
     model_config, train_config = build_configs(args)
-    out = args.out or Path("runs") / "clip"
+    if args.noise_schedule is not None and not args.noised:
+        raise TinygenError("--schedule is for a noised CLIP; add --noised")
+    schedule = (args.noise_schedule or "cosine") if args.noised else None
+    out = args.out or Path("runs") / ("clip-noised" if args.noised else "clip")
     result = train(
         model_config,
         train_config,
@@ -152,6 +171,8 @@ def train_clip(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         val_size=args.val_size,
         data_seed=args.data_seed,
+        noise_schedule=schedule,
+        num_train_timesteps=args.num_train_timesteps,
         resume=args.resume,
         progress=not args.no_progress,
     )

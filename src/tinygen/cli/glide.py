@@ -24,9 +24,14 @@ from tinygen.recipes.glide import CaptionData
 from tinygen.train.config import TrainConfig
 
 UNET_EXCLUDE = (
-    "image_size", "in_channels", "out_channels", "num_classes", "context_dim", "cond_emb_dim",
+    "image_size",
+    "in_channels",
+    "out_channels",
+    "num_classes",
+    "context_dim",
+    "cond_emb_dim",
     "context_mode",
-)  # fmt: skip
+)
 TEXT_EXCLUDE = ("vocab_size", "context_length")
 
 
@@ -59,23 +64,42 @@ def register(commands) -> None:
         help="train the inpainting variant: the U-Net also sees a masked image and the mask",
     )
     train.add_argument(
-        "--schedule", dest="beta_schedule", choices=BETA_SCHEDULES, default=None,
+        "--schedule",
+        dest="beta_schedule",
+        choices=BETA_SCHEDULES,
+        default=None,
         help="beta schedule (default: the preset's; shapes: cosine)",
-    )  # fmt: skip
+    )
     train.add_argument(
-        "--objective", dest="prediction_type", choices=PREDICTION_TYPES, default=None,
+        "--objective",
+        dest="prediction_type",
+        choices=PREDICTION_TYPES,
+        default=None,
         help="what the U-Net predicts (default: the preset's; shapes: v_prediction)",
-    )  # fmt: skip
+    )
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/glide)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     shapes, source = presets["shapes"], "the shapes preset's"
-    add_dataclass_flags(train, CaptionData, title="data", defaults=shapes.extras["data"],
-                        source=source)  # fmt: skip
-    add_dataclass_flags(train, TextConditionerConfig, exclude=TEXT_EXCLUDE, title="text encoder",
-                        defaults=shapes.model.text, source=source)  # fmt: skip
-    add_dataclass_flags(train, UNetConfig, exclude=UNET_EXCLUDE, title="U-Net",
-                        defaults=shapes.model.unet, source=source)  # fmt: skip
+    add_dataclass_flags(
+        train, CaptionData, title="data", defaults=shapes.extras["data"], source=source
+    )
+    add_dataclass_flags(
+        train,
+        TextConditionerConfig,
+        exclude=TEXT_EXCLUDE,
+        title="text encoder",
+        defaults=shapes.model.text,
+        source=source,
+    )
+    add_dataclass_flags(
+        train,
+        UNetConfig,
+        exclude=UNET_EXCLUDE,
+        title="U-Net",
+        defaults=shapes.model.unet,
+        source=source,
+    )
     add_dataclass_flags(train, TrainConfig, title="training", defaults=shapes.train, source=source)
     train.set_defaults(func=train_glide)
 

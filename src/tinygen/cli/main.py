@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "diffusion",
     "diffusion_sample",
     "glide",
+    "text2image",
 )
 VERBS = {
     "train": "train a model from scratch",

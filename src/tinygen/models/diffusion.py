@@ -269,6 +269,10 @@ class DiffusionModel(nn.Module):
         shape: tuple[int, ...] | None = None,
         callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
         progress: bool = False,
+        log_score: guidance_lib.LogScore | None = None,
+        score_scale: float = 0.0,
+        post_step_fn: Callable[[Tensor, int], Tensor] | None = None,
+        x_T: Tensor | None = None,
     ) -> Tensor:
         """Run the reverse process for n samples and return its raw end (no clamping), so
         pixels, latents and embeddings can all use it.
@@ -279,6 +283,10 @@ class DiffusionModel(nn.Module):
         mean shift, Alg. 1; DDIM: eps shift, Alg. 2) -- for an unconditional model too.
         x_start + strength: start from x_start noised part-way down the chain (SDEdit).
         shape: the sample shape without the batch (default `image_shape`).
+        log_score + score_scale: any differentiable score of the noisy sample (a noised
+        CLIP's `guidance.clip_log_score`) steering the samples as the classifier does.
+        post_step_fn: after every step (inpainting's `diffusion.inpainting.known_region_fn`).
+        x_T: the starting noise (default drawn from `generator`).
         """
         sampler = sampler or SamplerConfig()
         device = next(self.parameters()).device
@@ -304,13 +312,17 @@ class DiffusionModel(nn.Module):
         if classifier is not None and classifier_scale != 0:
             if classifier_labels is None:
                 raise TinygenError("classifier guidance needs labels (--label)")
+            if log_score is not None:
+                raise TinygenError("guide with a classifier or a score, not both")
             check_classifier_matches(self, classifier)
-            score = guidance_lib.classifier_log_score(classifier, classifier_labels.to(device))
-            if sampler.sampler == "ddpm":
-                extra["mean_shift_fn"] = guidance_lib.score_mean_shift(score, classifier_scale)
-            else:
+            log_score = guidance_lib.classifier_log_score(classifier, classifier_labels.to(device))
+            score_scale = classifier_scale
+        if log_score is not None and score_scale != 0:
+            if sampler.sampler == "ddpm":  # Alg. 1: shift the mean
+                extra["mean_shift_fn"] = guidance_lib.score_mean_shift(log_score, score_scale)
+            else:  # Alg. 2: shift eps
                 extra["guidance_fn"] = guidance_lib.score_eps_shift(
-                    score, classifier_scale, self.schedule, self.config.prediction_type
+                    log_score, score_scale, self.schedule, self.config.prediction_type
                 )
         return sample(
             model_fn,
@@ -324,6 +336,8 @@ class DiffusionModel(nn.Module):
             sample_max_value=THRESHOLD_MAX,
             x_start=x_start,
             strength=strength,
+            post_step_fn=post_step_fn,
+            x_T=x_T,
             **sampler.sample_options(),
             **extra,
         )

@@ -1,0 +1,115 @@
+"""A noised CLIP: CLIP trained on noisy images x_t, the judge behind CLIP guidance.
+
+GLIDE (Nichol et al. 2021, sec. 2.4) guides a diffusion model with the gradient of
+f(x_t, t) . g(c), CLIP's image-text score. A CLIP trained on clean images misjudges the
+noisy x_t the sampler passes through, so GLIDE trains its CLIP on x_t itself: the image
+tower reads the diffusion step t (our ViT's `num_timesteps`), each image is noised to a
+uniform t under the *diffusion model's* schedule, and the contrastive loss is the usual one.
+The schedule is recorded in the run (`noise` in config.json), so a guided model can be
+checked against it.
+
+The figure that says whether the comparison with classifier-free guidance means anything:
+zero-shot accuracy over the 48 (colour, shape) pairs at t = 0, T/4, T/2 and 3T/4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tinygen.diffusion.objective import draw_timesteps_and_noise
+from tinygen.diffusion.schedule import NoiseSchedule
+from tinygen.errors import TinygenError
+from tinygen.eval.zero_shot import zero_shot_classifier, zero_shot_predict
+from tinygen.models.clip import CLIPConfig
+from tinygen.models.clip_loss import clip_loss
+from tinygen.recipes.clip import CLIPTask, shapes_zero_shot_templates
+
+NOISE_KEY = "noise"  # config.json: {"beta_schedule": ..., "num_train_timesteps": ...}
+
+
+class NoisedCLIPTask(CLIPTask):
+    """CLIP's task on x_t: every image noised to its own uniform t (drawn with the batch
+    generator, so evaluation batches repeat exactly)."""
+
+    def __init__(self, *args, schedule: NoiseSchedule, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.schedule = schedule
+
+    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> tuple:
+        images, tokens = super().get_batch(split, batch_size, generator)
+        t, noise = draw_timesteps_and_noise(
+            images.shape, self.schedule.num_train_timesteps, generator
+        )
+        return images, tokens, t, noise
+
+    def loss(self, model: nn.Module, batch: tuple) -> Tensor:
+        images, tokens, t, noise = batch
+        x_t = self.schedule.add_noise(images, noise, t)
+        image_features, text_features, logit_scale = model(x_t, tokens, t)
+        return clip_loss(image_features, text_features, logit_scale)
+
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        row = {"logit_scale": model.logit_scale.exp().item()}
+        row.update(noised_zero_shot(model, self.tokenizer, self.schedule))
+        return row
+
+
+@torch.no_grad()
+def noised_zero_shot(
+    model: nn.Module,
+    tokenizer,
+    schedule: NoiseSchedule,
+    *,
+    n: int = 960,
+    seed: int = 0,
+    fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75),
+) -> dict[str, float]:
+    """Zero-shot (colour, shape) accuracy among the 48 pairs on `n` test images noised to
+    t = fraction * T ("zero_shot_t250": at t = 250 of 1000), with fixed noise."""
+    from tinygen.data.shapes import COLORS, SHAPES, combo_labels, generate_shapes
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    classnames = [f"{c} {s}" for c in COLORS for s in SHAPES]
+    classifier = zero_shot_classifier(
+        model, classnames, shapes_zero_shot_templates(), tokenizer=tokenizer
+    ).to(device)
+    size = model.config.image_size
+    test = generate_shapes(n, split="test", seed=seed, image_size=size)
+    target = combo_labels(test.labels["color"], test.labels["shape"])
+    noise = torch.randn(test.images.shape, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for fraction in fractions:
+        t_value = int(fraction * schedule.num_train_timesteps)
+        predictions = []
+        for x0, eps in zip(test.images.split(256), noise.split(256)):
+            t = torch.full((len(x0),), t_value, dtype=torch.long)
+            x_t = schedule.add_noise(x0, eps, t).to(device)
+            features = model.encode_image(x_t, t.to(device))
+            predictions.append(zero_shot_predict(features, classifier).cpu())
+        out[f"zero_shot_t{t_value}"] = (torch.cat(predictions) == target).float().mean().item()
+    model.train(was_training)
+    return out
+
+
+def noised_config(model_config: CLIPConfig, num_train_timesteps: int) -> CLIPConfig:
+    """The CLIP config with the ViT's timestep input (`num_timesteps`)."""
+    if model_config.image_tower != "vit":
+        raise TinygenError("a noised CLIP needs the ViT image tower (--image-tower vit)")
+    return dataclasses.replace(model_config, num_timesteps=num_train_timesteps)
+
+
+def noise_of_run(config: dict, run: str | Path) -> dict:
+    """The noise schedule a noised CLIP run was trained on (`noise` in its config.json)."""
+    noise = config.get(NOISE_KEY)
+    if not noise:
+        raise TinygenError(
+            f"{run} is a CLIP trained on clean images; CLIP guidance needs a noised CLIP "
+            "(tinygen train clip --noised --schedule <the diffusion model's schedule>)"
+        )
+    return noise
