@@ -26,7 +26,7 @@ COMMAND_MODULES = (
     "diffusion",
     "diffusion_sample",
     "glide",
-    "text2image",
+    "stable_diffusion",
 )
 VERBS = {
     "train": "train a model from scratch",
