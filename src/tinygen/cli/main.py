@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "diffusion_sample",
     "glide",
     "stable_diffusion",
+    "text2image",
 )
 VERBS = {
     "train": "train a model from scratch",
