@@ -13,6 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from pretrained_checkpoints import save_checkpoint  # noqa: E402
 from tinygen.cli.main import main  # noqa: E402
 from tinygen.errors import TinygenError  # noqa: E402
 from tinygen.models.clip import CLIP, CLIPConfig, TextTransformer  # noqa: E402
@@ -82,15 +83,6 @@ def tokenizer_and_processor():
     return transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
 
-def save_checkpoint(model, path, *, safetensors: bool) -> None:
-    """save_pretrained; for the PyTorch format, the pickled state dict older transformers
-    wrote as pytorch_model.bin (transformers 5 writes safetensors only)."""
-    model.save_pretrained(path)
-    if not safetensors:
-        (path / "model.safetensors").unlink()
-        torch.save(model.state_dict(), path / "pytorch_model.bin")
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """One tiny checkpoint in safetensors and one as pytorch_model.bin, with a processor."""
@@ -98,8 +90,7 @@ def saved(tmp_path_factory):
     dirs = {}
     for safe in (True, False):
         path = tmp_path_factory.mktemp("clip-safetensors" if safe else "clip-bin")
-        save_checkpoint(model, path, safetensors=safe)
-        tokenizer_and_processor().save_pretrained(path)
+        save_checkpoint(model, path, safetensors=safe, tokenizer=tokenizer_and_processor())
         dirs[safe] = path
     assert (dirs[True] / "model.safetensors").is_file()
     assert (dirs[False] / "pytorch_model.bin").is_file()

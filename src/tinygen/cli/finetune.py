@@ -48,14 +48,20 @@ def register(commands) -> None:
 
     gpt = kinds.add_parser(
         "gpt",
-        help="fine-tune a trained GPT: full | lora | qlora",
-        description="Fine-tune a `tinygen train gpt` run on another corpus: every weight "
+        help="fine-tune a trained GPT or GPT-2: full | lora | qlora",
+        description="Fine-tune a `tinygen train gpt` run or GPT-2 (--base hf:gpt2) on "
+        "another corpus: every weight "
         "(full), a LoRA adapter, or one on 4-bit NF4 weights (qlora). The training defaults "
         "shown are --method lora's; the learning rate is "
         + ", ".join(f"{lr:g} for {method}" for method, lr in DEFAULT_LR.items())
         + " (the floor a tenth of it).",
     )
-    gpt.add_argument("--base", type=Path, required=True, help="run directory of the base GPT")
+    gpt.add_argument(
+        "--base",
+        required=True,
+        help="run directory of the base GPT, or hf:NAME_OR_DIR for OpenAI's GPT-2 in our GPT "
+        "(hf:gpt2, hf:gpt2-medium, hf:DIR of a transformers GPT-2 checkpoint)",
+    )
     gpt.add_argument("--out", type=Path, required=True, help="output directory")
     gpt.add_argument("--resume", action="store_true", help="continue the run in --out")
     gpt.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -116,8 +122,8 @@ def register(commands) -> None:
     memory.add_argument(
         "--model",
         required=True,
-        help="llama-2-7b | llama-2-13b | llama-2-70b | HF config.json or model "
-        "directory | tinygen run directory",
+        help="llama-2-7b | llama-2-13b | llama-2-70b | gpt2 | gpt2-medium | gpt2-large | "
+        "gpt2-xl | HF config.json or model directory | tinygen run directory",
     )
     memory.add_argument("--r", type=positive_int, default=8, help="LoRA rank (default 8)")
     memory.add_argument(
@@ -161,10 +167,13 @@ def run_gpt_command(args: argparse.Namespace) -> int:
         )
         return 130
     print(result.summary())
+    pretrained = args.base.startswith("hf:")
+    base = f"--hf {args.base[3:]}" if pretrained else f"--run {args.base}"
     if ft.method == "full":
-        print(f"sample with: tinygen sample gpt --run {args.out}")
+        model = f"--hf {args.out / 'hf'}" if pretrained else f"--run {args.out}"
+        print(f"sample with: tinygen sample gpt {model}")
     else:
-        print(f"sample with: tinygen sample gpt --run {args.base} --adapter {args.out} [--merge]")
+        print(f"sample with: tinygen sample gpt {base} --adapter {args.out} [--merge]")
     return 0
 
 

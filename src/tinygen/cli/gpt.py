@@ -1,4 +1,5 @@
-"""`tinygen train gpt` and `tinygen sample gpt`: the character-level GPT."""
+"""`tinygen train gpt` and `tinygen sample gpt`: the character-level GPT, and sampling
+OpenAI's GPT-2 in our GPT (`sample gpt --hf gpt2`)."""
 
 from __future__ import annotations
 
@@ -64,12 +65,23 @@ def register(commands) -> None:
     sample = commands.sample.add_parser(
         "gpt",
         help="generate text from a trained GPT run",
-        description="Generate text from a trained GPT; the text streams as it is generated.",
+        description="Generate text from a trained GPT run or from GPT-2 (--hf); the text "
+        "streams as it is generated.",
     )
-    sample.add_argument("--run", type=Path, required=True, help="run directory")
+    which = sample.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=Path, help="run directory")
+    which.add_argument(
+        "--hf",
+        metavar="NAME_OR_DIR",
+        help="a transformers GPT-2 checkpoint instead of a run: a local directory, or a "
+        "Hugging Face Hub name (gpt2, gpt2-xl; downloaded only then)",
+    )
     sample.add_argument("--prompt", default="\n", help="text to continue (default a newline)")
     sample.add_argument(
-        "--max-new-tokens", type=positive_int, default=500, help="characters to generate"
+        "--max-new-tokens",
+        type=positive_int,
+        default=500,
+        help="tokens to generate (characters for our runs)",
     )
     sample.add_argument(
         "--temperature",
@@ -93,13 +105,13 @@ def register(commands) -> None:
         "--checkpoint",
         choices=("best", "last"),
         default="best",
-        help="weights: best (lowest validation loss) or last",
+        help="weights of a --run: best (lowest validation loss) or last",
     )
     sample.add_argument(
         "--adapter",
         type=Path,
         default=None,
-        help="a LoRA/QLoRA adapter directory (tinygen finetune gpt --out)",
+        help="a LoRA/QLoRA adapter directory (tinygen finetune gpt --out) for --run or --hf",
     )
     sample.add_argument(
         "--merge", action="store_true", help="merge the adapter into the weights before sampling"
@@ -137,17 +149,7 @@ def sample_gpt(args: argparse.Namespace) -> int:
 
     if args.merge and args.adapter is None:
         raise TinygenError("--merge needs --adapter (the LoRA adapter to merge into --run)")
-    model, tokenizer = load_gpt(
-        args.run,
-        args.checkpoint,
-        resolve_device(args.device),
-        adapter=args.adapter,
-        merge=args.merge,
-    )
-    stream_samples(
-        model,
-        tokenizer,
-        args.prompt,
+    sampling = dict(
         max_new_tokens=args.max_new_tokens,
         num_samples=args.num_samples,
         seed=args.seed,
@@ -156,4 +158,20 @@ def sample_gpt(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         use_cache=not args.no_cache,
     )
+    if args.hf is not None:
+        from tinygen.recipes.pretrained_gpt import load_pretrained_gpt, stream_text
+
+        model, tokenizer = load_pretrained_gpt(
+            args.hf, resolve_device(args.device), adapter=args.adapter, merge=args.merge
+        )
+        stream_text(model, tokenizer, args.prompt, **sampling)
+        return 0
+    model, tokenizer = load_gpt(
+        args.run,
+        args.checkpoint,
+        resolve_device(args.device),
+        adapter=args.adapter,
+        merge=args.merge,
+    )
+    stream_samples(model, tokenizer, args.prompt, **sampling)
     return 0

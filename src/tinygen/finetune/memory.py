@@ -203,6 +203,18 @@ def hf_config_inventory(config_path: str | Path) -> Inventory:
     return module_inventory(model, str(config_path), ("q_proj", "v_proj"))
 
 
+def gpt2_inventory(name: str) -> Inventory:
+    """A published GPT-2 size (gpt2 ... gpt2-xl) counted from our GPT built from its config
+    on the meta device: the model `GPT.from_pretrained` loads, with no weights allocated.
+    Its head is tied to the token embedding, so it counts once, as an embedding."""
+    from tinygen.models.convert.gpt2 import GPT2_CONFIGS, gpt_config_from_hf
+    from tinygen.models.gpt import GPT, GPTConfig
+
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**gpt_config_from_hf(GPT2_CONFIGS[name])))
+    return module_inventory(model, name)
+
+
 def run_inventory(run_dir: str | Path) -> Inventory:
     """Inventory of a tinygen run (its config.json rebuilds the model; weights not read)."""
     from tinygen.models.registry import build_model
@@ -214,9 +226,14 @@ def run_inventory(run_dir: str | Path) -> Inventory:
 
 
 def resolve_inventory(model: str) -> Inventory:
-    """`model` is a built-in name (llama-2-7b), a HF config.json / model dir, or a run dir."""
+    """`model` is a built-in name (llama-2-7b, gpt2-xl), a HF config.json / model dir, or a
+    run dir."""
+    from tinygen.models.convert.gpt2 import GPT2_CONFIGS
+
     if model in BUILTIN_CONFIGS:
         return llama_inventory(model, BUILTIN_CONFIGS[model])
+    if model in GPT2_CONFIGS:
+        return gpt2_inventory(model)
     path = Path(model)
     if (path / "config.json").is_file():
         try:
@@ -229,8 +246,8 @@ def resolve_inventory(model: str) -> Inventory:
     if path.is_file() and path.suffix == ".json":
         return hf_config_inventory(path)
     raise TinygenError(
-        f"unknown model {model!r}: pass one of {sorted(BUILTIN_CONFIGS)}, a Hugging "
-        "Face config.json (or its directory) or a tinygen run directory"
+        f"unknown model {model!r}: pass one of {sorted(BUILTIN_CONFIGS) + list(GPT2_CONFIGS)}, "
+        "a Hugging Face config.json (or its directory) or a tinygen run directory"
     )
 
 

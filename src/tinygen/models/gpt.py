@@ -4,6 +4,10 @@ Pre-LayerNorm Transformer blocks with causal self-attention and a GELU MLP, lear
 position embeddings, input and output embeddings tied, residual projections initialised
 with std 0.02 / sqrt(2 * n_layer) (GPT-2 paper, sec. 2.3). Generation keeps a KV cache so
 each new token costs one position's work instead of the whole context's.
+
+`GPT.from_pretrained("gpt2")` loads OpenAI's GPT-2 (any transformers `GPT2LMHeadModel`
+checkpoint) into this same model, converted by models/convert/gpt2.py; GPT-2's tanh GELU
+and LayerNorm epsilon are config options.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +24,7 @@ from torch import Tensor, nn
 from tinygen.errors import TinygenError
 from tinygen.fields import check_fields
 from tinygen.nn.attention import KVCache
-from tinygen.nn.transformer import Block
+from tinygen.nn.transformer import ACTIVATIONS, Block
 
 
 @dataclass
@@ -37,6 +42,12 @@ class GPTConfig:
         default=0.0, metadata={"help": "dropout probability", "min": 0, "below": 1}
     )
     bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers"})
+    activation: str = field(
+        default="gelu",
+        metadata={"help": "MLP activation (GPT-2: gelu_tanh)", "choices": ACTIVATIONS},
+    )
+    norm_eps: float = field(default=1e-5, metadata={"help": "LayerNorm epsilon", "above": 0})
+    mlp_dim: int = field(default=0, metadata={"help": "MLP width; 0: 4 x --n-embd", "min": 0})
 
     def validate(self) -> None:
         check_fields(self)
@@ -57,11 +68,18 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(
-                config.n_embd, config.n_head, causal=True, bias=config.bias, dropout=config.dropout
+                config.n_embd,
+                config.n_head,
+                causal=True,
+                bias=config.bias,
+                dropout=config.dropout,
+                activation=config.activation,
+                norm_eps=config.norm_eps,
+                mlp_dim=config.mlp_dim or None,
             )
             for _ in range(config.n_layer)
         )
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
 
@@ -70,6 +88,22 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("out_proj.weight") or name.endswith("mlp.proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> GPT:
+        """A transformers GPT-2 checkpoint (a local directory, or a Hub name such as gpt2 /
+        gpt2-xl, downloaded only then) in our GPT, in eval mode; its tokenizer is the
+        checkpoint's own (`transformers.AutoTokenizer.from_pretrained` of the directory)."""
+        from tinygen.models.convert.gpt2 import convert_gpt2_state_dict, gpt_config_from_hf
+        from tinygen.models.pretrained import load_checkpoint
+
+        checkpoint = load_checkpoint(
+            name_or_dir, model_types=("gpt2",), family="GPT-2", example="gpt2"
+        )
+        model = cls(GPTConfig(**gpt_config_from_hf(checkpoint.config)))
+        conversion = convert_gpt2_state_dict(checkpoint.state_dict, model.state_dict())
+        model.load_state_dict(conversion.state_dict)
+        return model.eval()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -11,6 +11,11 @@ The shared Trainer runs all four. For the adapter methods it is handed a
 and the output directory holds a PEFT-format adapter (`adapter_config.json`,
 `adapter_model.safetensors`) that `tinygen sample gpt --run BASE --adapter OUT` uses. A
 full fine-tune writes a complete GPT run directory instead.
+
+The base is a `tinygen train gpt` run or, as `hf:NAME_OR_DIR`, OpenAI's GPT-2 in our GPT
+(nanoGPT's finetune-Shakespeare recipe): its BPE tokenizer reads the corpus, the adapter
+goes on with `sample gpt --hf NAME --adapter OUT`, and a full fine-tune is also written
+back as a transformers GPT-2 checkpoint in OUT/hf.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ class FinetuneConfig:
     data: str = field(default="milton", metadata={"help": "milton | sonnets | shakespeare | PATH"})
     eval_batches: int = field(
         default=50, metadata={"help": "fixed batches for before/after loss", "min": 1}
+    )
+    block_size: int = field(
+        default=0, metadata={"help": "tokens per training window; 0: the base's context", "min": 0}
     )
 
     def validate(self) -> None:
@@ -105,6 +113,25 @@ def keep_known_characters(text: str, chars: list[str]) -> tuple[str, dict[str, i
     if not dropped:
         return text, dropped
     return "".join(c for c in text if c in known), dropped
+
+
+def load_base(base: str, corpus: str):
+    """(model, tokenizer, encode, text, dropped characters) of a base: a tinygen GPT run, or
+    `hf:NAME_OR_DIR`, GPT-2 in our GPT with its byte-level BPE (which drops nothing)."""
+    from tinygen.data.corpora import load_corpus
+    from tinygen.recipes.pretrained_gpt import HF_PREFIX, load_pretrained_gpt
+
+    if base.startswith(HF_PREFIX):
+        model, tokenizer = load_pretrained_gpt(base.removeprefix(HF_PREFIX))
+        return model, tokenizer, tokenizer.encode_tensor, load_corpus(corpus), {}
+    from tinygen.data.tokenizers import CharTokenizer
+    from tinygen.models.runs import load_model
+    from tinygen.recipes.gpt import encode_corpus
+
+    model, _ = load_model(base, which="best", expect="gpt")
+    tokenizer = CharTokenizer.load(base)
+    text, dropped = keep_known_characters(load_corpus(corpus), tokenizer.chars)
+    return model, tokenizer, lambda part: encode_corpus(part, tokenizer), text, dropped
 
 
 @torch.no_grad()
@@ -167,21 +194,19 @@ def finetune_gpt(
     progress: bool = True,
 ) -> FinetuneResult:
     """Fine-tune the GPT of `base_run` on `ft.data` with `ft.method`; write to `out_dir`."""
-    from tinygen.data.corpora import load_corpus, split_train_val
-    from tinygen.data.tokenizers import CharTokenizer
+    from tinygen.data.corpora import split_train_val
     from tinygen.finetune.lora import TrainableView, apply_lora, count_parameters, save_adapter
     from tinygen.finetune.memory import module_inventory, peak_memory_bytes, training_bytes
     from tinygen.finetune.nf4 import quantize_model
-    from tinygen.models.runs import load_model
-    from tinygen.recipes.gpt import TextTask, encode_corpus
+    from tinygen.recipes.gpt import TextTask
+    from tinygen.recipes.pretrained_gpt import HF_PREFIX, save_as_gpt2
     from tinygen.train.device import resolve_device
 
     ft.validate()
     train = train or default_train_config(ft.method)
-    out_dir, base_run = Path(out_dir), Path(base_run)
-    model, _ = load_model(base_run, which="best", expect="gpt")
-    tokenizer = CharTokenizer.load(base_run)
-    text, dropped = keep_known_characters(load_corpus(ft.data), tokenizer.chars)
+    out_dir, base = Path(out_dir), str(base_run)
+    pretrained = base.startswith(HF_PREFIX)
+    model, tokenizer, encode, text, dropped = load_base(base, ft.data)
     if dropped:
         shown = ", ".join(f"{c!r} x{n}" for c, n in sorted(dropped.items())[:10])
         warnings.warn(
@@ -190,11 +215,11 @@ def finetune_gpt(
             stacklevel=2,
         )
     train_text, val_text = split_train_val(text)
-    train_ids, val_ids = encode_corpus(train_text, tokenizer), encode_corpus(val_text, tokenizer)
+    train_ids, val_ids = encode(train_text), encode(val_text)
     device = resolve_device(train.device)
     model = model.to(device)
-    block_size = model.config.block_size
-    inventory = module_inventory(model, str(base_run))
+    block_size = min(ft.block_size or model.config.block_size, model.config.block_size)
+    inventory = module_inventory(model, base)
     eval_task = TextTask(model, train_ids, val_ids, block_size)
     before = fixed_val_loss(model, eval_task, ft.eval_batches, train.batch_size)
 
@@ -207,7 +232,7 @@ def finetune_gpt(
             "dropped_characters": sum(dropped.values()),
             "val_fraction": 0.1,
         },
-        "finetune": {**dataclasses.asdict(ft), "base_run": str(base_run)},
+        "finetune": {**dataclasses.asdict(ft), "base_run": base},
     }
     if ft.method == "full":
         model.requires_grad_(True)
@@ -229,12 +254,12 @@ def finetune_gpt(
     trainable, total = count_parameters(model)
 
     def on_start(out: Path) -> None:
-        if ft.method == "full":
+        if ft.method == "full" and not pretrained:
             tokenizer.save(out)
         if progress:  # counts that see NF4 weights, which are buffers, not parameters
             print(
                 f"{ft.label}: {trainable:,} of {total:,} parameters trainable, "
-                f"{len(train_ids):,} training characters of {ft.data} -> {out}",
+                f"{len(train_ids):,} training tokens of {ft.data} -> {out}",
                 file=sys.stderr,
             )
 
@@ -256,8 +281,10 @@ def finetune_gpt(
     after = fixed_val_loss(model, eval_task, ft.eval_batches, train.batch_size)
     adapter_bytes = None
     if ft.method != "full":
-        save_adapter(model, out_dir, base_model_name_or_path=str(base_run))
+        save_adapter(model, out_dir, base_model_name_or_path=base)
         adapter_bytes = (out_dir / "adapter_model.safetensors").stat().st_size
+    elif pretrained:
+        save_as_gpt2(model, base.removeprefix(HF_PREFIX), tokenizer, out_dir / "hf")
     outcome = FinetuneResult(
         ft.label,
         before,
