@@ -27,9 +27,15 @@ from tinygen.recipes import glide as glide_recipes
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_UNET = UNetConfig(
-    image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-    attention_resolutions=(4,), head_channels=8, norm_groups=4, context_mode="concat_kv",
-)  # fmt: skip
+    image_size=8,
+    base_channels=8,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    head_channels=8,
+    norm_groups=4,
+    context_mode="concat_kv",
+)
 
 
 def _jitter(module: torch.nn.Module, seed: int = 0) -> None:
@@ -58,7 +64,7 @@ def _tokens(batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randint(1, 12, (batch, 6), generator=torch.Generator().manual_seed(seed))
 
 
-# -- where the text enters --------------------------------------------------------------------
+# -- where the text enters ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("context_mode", ["concat_kv", "cross_attention"])
@@ -94,8 +100,9 @@ def test_pooled_feature_enters_only_the_embedding_and_tokens_only_attention(cont
 
 def test_concat_kv_with_an_empty_context_is_plain_self_attention():
     torch.manual_seed(0)
-    block = AttentionBlock(16, head_channels=8, context_dim=6, norm_groups=4, dropout=0.0,
-                           context_mode="concat_kv").eval()  # fmt: skip
+    block = AttentionBlock(
+        16, head_channels=8, context_dim=6, norm_groups=4, dropout=0.0, context_mode="concat_kv"
+    ).eval()
     _jitter(block)
     x = torch.randn(2, 16, 4, 4)
     tokens = block.norm(x).flatten(2).transpose(1, 2)
@@ -113,8 +120,9 @@ def test_concat_kv_joins_one_softmax_over_tokens_and_pixels():
     from tinygen.nn.attention import attention_reference
 
     torch.manual_seed(0)
-    block = AttentionBlock(16, head_channels=8, context_dim=6, norm_groups=4, dropout=0.0,
-                           context_mode="concat_kv").eval()  # fmt: skip
+    block = AttentionBlock(
+        16, head_channels=8, context_dim=6, norm_groups=4, dropout=0.0, context_mode="concat_kv"
+    ).eval()
     _jitter(block)
     x, context = torch.randn(2, 16, 4, 4), torch.randn(2, 3, 6)
     h = block.norm(x).flatten(2).transpose(1, 2)  # (2, 16, 16)
@@ -122,14 +130,15 @@ def test_concat_kv_joins_one_softmax_over_tokens_and_pixels():
     q, k, v = attn.qkv_proj(h).split(16, dim=2)
     ek, ev = block.encoder_kv(context).chunk(2, dim=-1)
     heads = lambda z: z.view(2, -1, 2, 8).transpose(1, 2)  # noqa: E731
-    y, _ = attention_reference(heads(q), torch.cat([heads(ek), heads(k)], 2),
-                               torch.cat([heads(ev), heads(v)], 2))  # fmt: skip
+    y, _ = attention_reference(
+        heads(q), torch.cat([heads(ek), heads(k)], 2), torch.cat([heads(ev), heads(v)], 2)
+    )
     y = attn.out_proj(y.transpose(1, 2).reshape(2, 16, 16))
     want = (x.flatten(2).transpose(1, 2) + y).transpose(1, 2).reshape(x.shape)
     torch.testing.assert_close(block(x, context), want, atol=1e-5, rtol=1e-4)
 
 
-# -- classifier-free guidance on the empty caption ----------------------------------------------
+# -- classifier-free guidance on the empty caption ------------------------------------------
 
 
 def test_cfg_at_one_is_the_caption_and_at_zero_the_empty_caption():
@@ -163,7 +172,7 @@ def test_the_caption_is_dropped_at_the_configured_rate():
     assert torch.equal(dropped["tokens"][[1, 3]], cond["tokens"][[1, 3]])
 
 
-# -- CLIP guidance -------------------------------------------------------------------------------
+# -- CLIP guidance ---------------------------------------------------------------------------
 
 
 def test_clip_guide_gradient_equals_autograd_of_the_normalised_dot_product():
@@ -172,10 +181,21 @@ def test_clip_guide_gradient_equals_autograd_of_the_normalised_dot_product():
 
     torch.manual_seed(0)
     clip = CLIP(
-        CLIPConfig(embed_dim=16, image_size=8, patch_size=4, vision_width=16, vision_layers=1,
-                   vision_heads=2, text_width=16, text_layers=1, text_heads=2, vocab_size=40,
-                   context_length=8, num_timesteps=100)
-    )  # fmt: skip
+        CLIPConfig(
+            embed_dim=16,
+            image_size=8,
+            patch_size=4,
+            vision_width=16,
+            vision_layers=1,
+            vision_heads=2,
+            text_width=16,
+            text_layers=1,
+            text_heads=2,
+            vocab_size=40,
+            context_length=8,
+            num_timesteps=100,
+        )
+    )
     tokenizer = CaptionTokenizer(["a", "red", "blue", "circle", "square"], context_length=8)
     guide = ClipGuide(clip, tokenizer, {"beta_schedule": "linear", "num_train_timesteps": 100})
     prompts = ["a red circle", "a blue square"]
@@ -193,13 +213,14 @@ def test_clip_guide_gradient_equals_autograd_of_the_normalised_dot_product():
 def test_clip_guide_refuses_a_model_of_another_schedule():
     from tinygen.models.text2image import ClipGuide
 
-    guide = ClipGuide(torch.nn.Linear(1, 1), None, {"beta_schedule": "cosine",
-                                                    "num_train_timesteps": 1000})  # fmt: skip
+    guide = ClipGuide(
+        torch.nn.Linear(1, 1), None, {"beta_schedule": "cosine", "num_train_timesteps": 1000}
+    )
     with pytest.raises(TinygenError, match="--noised --schedule linear"):
         guide.check_matches(_model())
 
 
-# -- inpainting ----------------------------------------------------------------------------------
+# -- inpainting ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("inpainting", [True, False])
@@ -214,8 +235,14 @@ def test_inpainting_keeps_every_pixel_outside_the_mask(inpainting):
     if inpainting:
         cond.update(masked_image=image * (1 - mask), mask=mask)
     gen = torch.Generator().manual_seed(0)
-    raw = model.denoise(2, cond=cond, guidance=2.0, sampler=SamplerConfig(steps=5),
-                        generator=gen, post_step_fn=known_region_fn(image, mask, model.schedule))  # fmt: skip
+    raw = model.denoise(
+        2,
+        cond=cond,
+        guidance=2.0,
+        sampler=SamplerConfig(steps=5),
+        generator=gen,
+        post_step_fn=known_region_fn(image, mask, model.schedule),
+    )
     keep = mask.expand_as(image) == 0
     assert torch.equal(raw[keep], image[keep])  # exact: the loop's own last replacement
     assert not torch.allclose(raw[~keep], image[~keep])  # inside, something was painted
@@ -233,21 +260,22 @@ def test_an_inpainting_model_reads_the_masked_image():
         model(x, t, {"tokens": _tokens(1)})
 
 
-# -- training --------------------------------------------------------------------------------------
+# -- training ----------------------------------------------------------------------------------
 
 
 def test_a_short_training_run_lowers_the_loss(tmp_path):
     preset = glide_recipes.PRESETS["tiny"]
     train = dataclasses.replace(preset.train, max_iters=60, eval_interval=60)
-    result = glide_recipes.train_glide(preset.model, train, preset.extras["data"],
-                                       tmp_path / "run", progress=False)  # fmt: skip
+    result = glide_recipes.train_glide(
+        preset.model, train, preset.extras["data"], tmp_path / "run", progress=False
+    )
     losses = [row["train_loss"] for row in result.history if "train_loss" in row]
     assert len(losses) >= 3
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
     assert (tmp_path / "run" / "tokenizer.json").is_file()
 
 
-# -- the two-object judge on ground truth ------------------------------------------------------------
+# -- the two-object judge on ground truth --------------------------------------------------------
 
 
 def _perfect_predictions(batch) -> dict[str, torch.Tensor]:
@@ -265,11 +293,24 @@ def test_the_pair_judge_is_right_on_ground_truth_and_catches_swaps():
     # exchange the colours of the two objects: a binding swap wherever colours and shapes differ
     swapped = {k: v.clone() for k, v in truth.items()}
     rows = torch.arange(200)
-    first = torch.tensor([["left", "right", "top", "bottom", "centre"].index(
-        {"left of": "left", "right of": "right", "above": "top", "below": "bottom"}[w["relation"]])
-        for w in wanted])  # fmt: skip
-    second = torch.tensor([{"left": 1, "right": 0, "top": 3, "bottom": 2}[
-        ["left", "right", "top", "bottom"][int(f)]] for f in first])  # fmt: skip
+    first = torch.tensor(
+        [
+            ["left", "right", "top", "bottom", "centre"].index(
+                {"left of": "left", "right of": "right", "above": "top", "below": "bottom"}[
+                    w["relation"]
+                ]
+            )
+            for w in wanted
+        ]
+    )
+    second = torch.tensor(
+        [
+            {"left": 1, "right": 0, "top": 3, "bottom": 2}[
+                ["left", "right", "top", "bottom"][int(f)]
+            ]
+            for f in first
+        ]
+    )
     c1, c2 = truth["slot_color"][rows, first], truth["slot_color"][rows, second]
     swapped["slot_color"][rows, first], swapped["slot_color"][rows, second] = c2, c1
     verdict = judge_pairs(swapped, wanted)
@@ -285,7 +326,7 @@ def test_the_pair_judge_is_right_on_ground_truth_and_catches_swaps():
     assert not verdict["relation"][eligible].any()
 
 
-# -- bad input -------------------------------------------------------------------------------------
+# -- bad input ---------------------------------------------------------------------------------
 
 
 def _pipeline():
@@ -296,8 +337,10 @@ def _pipeline():
 
 def test_unknown_words_and_empty_prompts_are_one_clear_error():
     pipeline = _pipeline()
-    with pytest.raises(TinygenError, match="not in this model's caption vocabulary: blob.*"
-                       "the vocabulary is: a, blue, circle"):  # fmt: skip
+    with pytest.raises(
+        TinygenError,
+        match="not in this model's caption vocabulary: blob.*the vocabulary is: a, blue, circle",
+    ):
         pipeline.check_prompts(["a red blob"])
     with pytest.raises(TinygenError, match="is empty"):
         pipeline.check_prompts(["  "])
@@ -309,8 +352,11 @@ def test_a_prompt_with_a_position_and_a_relation_is_refused_by_the_judge():
     from tinygen.eval.fidelity import prompt_fidelity
 
     with pytest.raises(TinygenError, match="a position and a relation"):
-        prompt_fidelity(torch.zeros(1, 3, 32, 32), ["a red circle on the left to the left of a "
-                        "blue square"], evaluator=object())  # fmt: skip
+        prompt_fidelity(
+            torch.zeros(1, 3, 32, 32),
+            ["a red circle on the left to the left of a blue square"],
+            evaluator=object(),
+        )
 
 
 def test_bad_masks_are_one_clear_error(tmp_path):
@@ -338,3 +384,138 @@ def test_the_pipeline_refuses_a_mask_of_the_wrong_size():
     pipeline = _pipeline()
     with pytest.raises(TinygenError, match="mask must be"):
         pipeline.inpaint(torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 4, 4), ["a red circle"])
+
+
+# -- the commands, end to end on a tiny run ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A seconds-long GLIDE run (16 px) and an untrained-but-valid judge with slot heads."""
+    from tinygen.models.shapes_evaluator import EvaluatorConfig
+    from tinygen.recipes.evaluator import train_evaluator
+    from tinygen.train.config import TrainConfig
+
+    root = tmp_path_factory.mktemp("glide")
+    torch.set_num_threads(1)
+    preset = glide_recipes.PRESETS["tiny"]
+    train = dataclasses.replace(preset.train, max_iters=20, eval_interval=20)
+    glide_recipes.train_glide(
+        preset.model, train, preset.extras["data"], root / "glide", progress=False
+    )
+    judge = TrainConfig(max_iters=2, batch_size=8, eval_interval=2, eval_iters=1, warmup_iters=1)
+    train_evaluator(
+        EvaluatorConfig(width=8, two_objects=True), judge, root / "judge", progress=False
+    )
+    return root
+
+
+def test_generate_eval_and_inpaint_commands_run_on_a_tiny_run(tiny_runs, monkeypatch):
+    import json
+
+    from tinygen.cli.main import main
+
+    monkeypatch.setenv("TINYGEN_EVALUATOR", str(tiny_runs / "judge"))
+    run, out = tiny_runs / "glide", tiny_runs / "out"
+    assert (
+        main(
+            [
+                "generate",
+                "--run",
+                str(run),
+                "--prompt",
+                "a red circle",
+                "--prompt",
+                "a blue square above a green star",
+                "--n",
+                "2",
+                "--steps",
+                "3",
+                "--out",
+                str(out / "grid.png"),
+            ]
+        )
+        == 0
+    )
+    assert (out / "grid.png").is_file() and (out / "grid_strip.png").is_file()
+    for prompts in ("single", "pairs", "partial"):
+        assert (
+            main(
+                [
+                    "eval",
+                    "text2image",
+                    "--run",
+                    str(run),
+                    "--prompts",
+                    prompts,
+                    "--n",
+                    "8",
+                    "--guidance",
+                    "0,3",
+                    "--steps",
+                    "2",
+                    "--out",
+                    str(out / prompts),
+                ]
+            )
+            == 0
+        )
+        rows = json.loads((out / prompts / "eval.json").read_text())
+        assert [r["guidance"] for r in rows] == [0, 3] and all(r["n"] == 8 for r in rows)
+        assert (out / prompts / "fidelity_diversity.png").is_file()
+    assert (
+        "binding_swap" in rows[0]
+        or "relation" in json.loads((out / "pairs" / "eval.json").read_text())[0]
+    )
+    assert 0 <= json.loads((out / "partial" / "eval.json").read_text())[0]["diversity_size"] <= 1
+    assert (
+        main(
+            [
+                "eval",
+                "inpainting",
+                "--run",
+                str(run),
+                "--n",
+                "4",
+                "--steps",
+                "2",
+                "--out",
+                str(out / "inpaint"),
+            ]
+        )
+        == 0
+    )
+    row = json.loads((out / "inpaint" / "eval.json").read_text())
+    assert row["outside_max_abs_error"] == 0.0 and row["n"] == 4
+
+
+def test_the_commands_refuse_unknown_words_and_bad_masks(tiny_runs, tmp_path, capsys):
+    from tinygen.cli.main import main
+
+    run = str(tiny_runs / "glide")
+    assert (
+        main(["generate", "--run", run, "--prompt", "a red blob", "--out", str(tmp_path / "g.png")])
+        == 2
+    )
+    assert "blob" in capsys.readouterr().err
+    Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
+    Image.new("L", (8, 8), 255).save(tmp_path / "small.png")
+    assert (
+        main(
+            [
+                "inpaint",
+                "--run",
+                run,
+                "--image",
+                str(tmp_path / "in.png"),
+                "--mask",
+                str(tmp_path / "small.png"),
+                "--prompt",
+                "a red circle",
+            ]
+        )
+        == 2
+    )
+    assert "must match the image, 16x16" in capsys.readouterr().err
+    assert main(["eval", "text2image", "--run", run, "--clip-scales", "1"]) == 2
+    assert "--clip" in capsys.readouterr().err
