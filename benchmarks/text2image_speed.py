@@ -33,7 +33,7 @@ def main() -> None:
     pipeline.generate(prompts[:4], guidance=args.guidance, sampler=SamplerConfig(steps=2))
     rates = []
     print(
-        f"| run | batch | DDIM steps | guidance | threads | images/s |\n|---|---|---|---|---|---|"
+        "| run | batch | DDIM steps | guidance | threads | images/s |\n|---|---|---|---|---|---|"
     )
     for _ in range(args.repeats):
         start = time.perf_counter()
