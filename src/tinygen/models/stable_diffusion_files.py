@@ -18,13 +18,13 @@ Weights load as safetensors, or as PyTorch bins with `weights_only=True` (tensor
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
 from tinygen.errors import TinygenError
+from tinygen.io import read_json
 from tinygen.models.pretrained import (
     _read_weight_file,
     looks_like_path,
@@ -100,10 +100,7 @@ class PipelineFolder:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TinygenError(f"{path} is not valid JSON ({type(e).__name__}); it is corrupt") from e
+    value = read_json(path)
     if not isinstance(value, dict):
         raise TinygenError(f"{path} is not a JSON object; it is corrupt")
     return value
