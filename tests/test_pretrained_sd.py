@@ -341,3 +341,41 @@ def test_transformer_block_with_empty_context_is_self_attention_and_feed_forward
         assert max_error(got, expected) < 1e-6
         with_context = block(x, torch.randn(2, 3, 16))
     assert max_error(with_context, got) > 1e-3  # the context does matter when present
+
+
+# -- the commands and the memory figure ------------------------------------------------------
+def test_txt2img_and_img2img_commands_write_pngs(pipeline_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from tinygen.cli.main import main
+
+    folder, out = str(pipeline_dir[0]), tmp_path / "a.png"
+    common = ["--steps", "2", "--seed", "1", "--no-progress"]
+    assert main(["txt2img", "--hf", folder, "--prompt", "a cat", "--height", "32",
+                 "--width", "40", "--out", str(out), *common]) == 0  # fmt: skip
+    assert Image.open(out).size == (40, 32)
+    again = tmp_path / "b.png"
+    assert main(["img2img", "--hf", folder, "--image", str(out), "--prompt", "a red cat",
+                 "--strength", "0.5", "--out", str(again), *common]) == 0  # fmt: skip
+    assert Image.open(again).size == (40, 32)
+    assert main(["img2img", "--hf", folder, "--image", str(tmp_path / "none.png"),
+                 "--prompt", "x"]) == 2  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_memory_figure_is_weights_plus_the_largest_stage():
+    from tinygen.models.stable_diffusion_memory import stable_diffusion_memory
+
+    report = stable_diffusion_memory("fp16", height=256, width=256)
+    assert report["parameters"] == {
+        "unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480,
+    }  # fmt: skip
+    assert report["weights_bytes"] == 2 * 1_066_235_307
+    for kind, stages in report["activations_bytes"].items():
+        assert report["peak_bytes"][kind] == report["weights_bytes"] + max(stages.values())
+    fused, math = report["activations_bytes"]["fused"], report["activations_bytes"]["math"]
+    assert 0 < fused["unet"] < math["unet"]  # the materialised attention matrix costs more
+    with pytest.raises(TinygenError, match="multiples of 64"):
+        stable_diffusion_memory("fp32", height=500)
+    with pytest.raises(TinygenError, match="precision must be one of"):
+        stable_diffusion_memory("int8")
