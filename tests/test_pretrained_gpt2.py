@@ -242,3 +242,35 @@ def test_memory_of_gpt2_xl(capsys):
     out = capsys.readouterr().out
     assert out.startswith("gpt2-xl: 1,557,611,200 parameters (1.56B)")  # GPT-2 paper: 1542M
     assert "fp32                     6.230 GB" in out
+
+
+def test_streaming_never_prints_half_a_character():
+    """'é' is two byte-level tokens: the stream holds the first back, prints the letter whole."""
+    from tinygen.recipes.pretrained_gpt import HFTokenizer, stream_text
+
+    tokenizer = HFTokenizer(byte_level_tokenizer())
+    script = tokenizer.encode("né!")
+    assert len(script) == 4
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def stream(self, idx, max_new_tokens, **sampling):
+            yield from (torch.tensor([[i]]) for i in script[:max_new_tokens])
+
+    class Recorder:
+        def __init__(self):
+            self.pieces = []
+
+        def write(self, text):
+            self.pieces.append(text)
+
+        def flush(self):
+            pass
+
+    out = Recorder()
+    assert stream_text(Scripted(), tokenizer, "a", max_new_tokens=4, out=out) == ["né!"]
+    assert "".join(out.pieces) == "ané!\n"
+    assert not any("\ufffd" in piece for piece in out.pieces)

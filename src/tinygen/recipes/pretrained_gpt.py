@@ -4,8 +4,8 @@ streaming text from it, and writing a fine-tuned one back in GPT-2's own format.
 The tokenizer is GPT-2's byte-level BPE, read by transformers from the checkpoint's own
 files (vocab.json + merges.txt or tokenizer.json); nothing fetches a vocabulary by itself.
 A BPE token can end in the middle of a UTF-8 character, so streaming decodes the whole
-continuation each step and prints only what has become whole text (llm.c and transformers'
-TextStreamer do the same), never a replacement character that the next token would fix.
+continuation each step and prints only what has become whole text (as transformers'
+TextStreamer holds text back), never a replacement character the next token would fix.
 """
 
 from __future__ import annotations
