@@ -519,3 +519,29 @@ def test_the_commands_refuse_unknown_words_and_bad_masks(tiny_runs, tmp_path, ca
     assert "must match the image, 16x16" in capsys.readouterr().err
     assert main(["eval", "text2image", "--run", run, "--clip-scales", "1"]) == 2
     assert "--clip" in capsys.readouterr().err
+
+
+def test_a_noised_clip_run_records_its_schedule_and_is_judged_at_four_noise_levels(tmp_path):
+    from tinygen.recipes.clip import PRESETS
+    from tinygen.recipes.clip_noised import noise_of_run, train_noised_clip
+    from tinygen.recipes.text2image import load_clip_guide
+
+    preset = PRESETS["tiny"]
+    train = dataclasses.replace(preset.train, max_iters=4, eval_interval=4)
+    result = train_noised_clip(
+        preset.model,
+        train,
+        tmp_path / "clip",
+        beta_schedule="linear",
+        num_train_timesteps=100,
+        train_size=256,
+        val_size=64,
+        progress=False,
+    )
+    row = next(r for r in reversed(result.history) if "zero_shot_t0" in r)
+    assert {"zero_shot_t0", "zero_shot_t25", "zero_shot_t50", "zero_shot_t75"} <= set(row)
+    guide = load_clip_guide(tmp_path / "clip")
+    assert guide.noise == {"beta_schedule": "linear", "num_train_timesteps": 100}
+    guide.check_matches(_model())  # linear, 100 steps: the tiny model's schedule
+    with pytest.raises(TinygenError, match="trained on clean images"):
+        noise_of_run({"model_type": "clip"}, "runs/clip")

@@ -161,7 +161,14 @@ def train_clip(args: argparse.Namespace) -> int:
     model_config, train_config = build_configs(args)
     if args.noise_schedule is not None and not args.noised:
         raise TinygenError("--schedule is for a noised CLIP; add --noised")
-    schedule = (args.noise_schedule or "cosine") if args.noised else None
+    noised = {}
+    if args.noised:
+        from tinygen.recipes.clip_noised import train_noised_clip as train
+
+        noised = {
+            "beta_schedule": args.noise_schedule or "cosine",
+            "num_train_timesteps": args.num_train_timesteps,
+        }
     out = args.out or Path("runs") / ("clip-noised" if args.noised else "clip")
     result = train(
         model_config,
@@ -171,10 +178,9 @@ def train_clip(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         val_size=args.val_size,
         data_seed=args.data_seed,
-        noise_schedule=schedule,
-        num_train_timesteps=args.num_train_timesteps,
         resume=args.resume,
         progress=not args.no_progress,
+        **noised,
     )
     return finish_training(result, out, f"pictures in {out}; try: tinygen eval clip --run {out}")
 

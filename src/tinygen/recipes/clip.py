@@ -10,6 +10,7 @@ its own negative). Pictures and text-to-image search live in `recipes/clip_pictu
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -336,15 +337,15 @@ def train_clip(
     train_size: int = 20000,
     val_size: int = 1000,
     data_seed: int = 0,
-    noise_schedule: str | None = None,
-    num_train_timesteps: int = 1000,
     resume: bool = False,
     progress: bool = True,
+    make_task: Callable[..., CLIPTask] | None = None,
+    run_extras: dict | None = None,
 ) -> TrainResult:
     """Train CLIP on `data` (see load_pairs) into `out`: the tokenizer is saved beside the
     model, the shapes world is scored at every evaluation, pictures are drawn at the end.
-    With `noise_schedule` it is a noised CLIP (`recipes/clip_noised.py`): trained on x_t
-    under that schedule, for CLIP guidance."""
+    make_task(model, tokenizer, train, val) builds another task (the noised CLIP's,
+    `recipes/clip_noised.py`); run_extras are added to config.json."""
     from tinygen.data.caption_tokenizer import load_caption_tokenizer
     from tinygen.models.clip import CLIP
     from tinygen.models.runs import load_resumable_config
@@ -365,30 +366,20 @@ def train_clip(
     model_config = dataclasses.replace(
         model_config, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length
     )
-    noise = None
-    if noise_schedule is not None:
-        from tinygen.recipes.clip_noised import noised_config
-
-        model_config = noised_config(model_config, num_train_timesteps)
-        noise = {"beta_schedule": noise_schedule, "num_train_timesteps": num_train_timesteps}
     torch.manual_seed(train_config.seed)
     model = CLIP(model_config)
     shapes_eval = {"n_test": 1000, "seed": 0, "image_size": model_config.image_size}
-    if noise is None:
+    if make_task is None:
         task = CLIPTask(
             model, tokenizer, train, val, shapes_eval=shapes_eval if data == "shapes" else None
         )
     else:
-        from tinygen.diffusion.schedule import NoiseSchedule
-        from tinygen.recipes.clip_noised import NoisedCLIPTask
-
-        schedule = NoiseSchedule(noise_schedule, num_train_timesteps)
-        task = NoisedCLIPTask(model, tokenizer, train, val, schedule=schedule)
+        task = make_task(model, tokenizer, train, val)
     run_config = {
         "model_type": "clip",
         "model": dataclasses.asdict(model_config),
         "data": described,
-        **({"noise": noise} if noise else {}),
+        **(run_extras or {}),
     }
     return fit(
         task,

@@ -26,7 +26,7 @@ from tinygen.errors import TinygenError
 from tinygen.eval.zero_shot import zero_shot_classifier, zero_shot_predict
 from tinygen.models.clip import CLIPConfig
 from tinygen.models.clip_loss import clip_loss
-from tinygen.recipes.clip import CLIPTask, shapes_zero_shot_templates
+from tinygen.recipes.clip import CLIPTask, shapes_zero_shot_templates, train_clip
 
 NOISE_KEY = "noise"  # config.json: {"beta_schedule": ..., "num_train_timesteps": ...}
 
@@ -102,6 +102,33 @@ def noised_config(model_config: CLIPConfig, num_train_timesteps: int) -> CLIPCon
     if model_config.image_tower != "vit":
         raise TinygenError("a noised CLIP needs the ViT image tower (--image-tower vit)")
     return dataclasses.replace(model_config, num_timesteps=num_train_timesteps)
+
+
+def train_noised_clip(
+    model_config: CLIPConfig,
+    train_config,
+    out: str | Path,
+    *,
+    beta_schedule: str = "cosine",
+    num_train_timesteps: int = 1000,
+    **options,
+):
+    """Train a noised CLIP into `out` (options as `recipes.clip.train_clip`'s): the ViT reads
+    t, every image is noised under `beta_schedule`, and the schedule is recorded in the run."""
+    schedule = NoiseSchedule(beta_schedule, num_train_timesteps)
+
+    def make_task(model, tokenizer, train, val) -> NoisedCLIPTask:
+        return NoisedCLIPTask(model, tokenizer, train, val, schedule=schedule)
+
+    noise = {"beta_schedule": beta_schedule, "num_train_timesteps": num_train_timesteps}
+    return train_clip(
+        noised_config(model_config, num_train_timesteps),
+        train_config,
+        out,
+        make_task=make_task,
+        run_extras={NOISE_KEY: noise},
+        **options,
+    )
 
 
 def noise_of_run(config: dict, run: str | Path) -> dict:
