@@ -122,8 +122,13 @@ def test_prompt_fidelity_rejects_bad_input():
     oracle = Oracle(batch.labels)
     with pytest.raises(TinygenError, match="2 images but 1 prompts"):
         prompt_fidelity(batch.images, batch.prompts[:1], evaluator=oracle)
-    with pytest.raises(TinygenError, match="two objects"):
+    # a judge without slot heads cannot read two-object images; one kind of prompt per call
+    with pytest.raises(TinygenError, match="no two-object \\(slot\\) heads"):
         prompt_fidelity(batch.images, ["a red circle above a blue star"] * 2, evaluator=oracle)
+    with pytest.raises(TinygenError, match="mix one-object and two-object"):
+        prompt_fidelity(
+            batch.images, ["a red circle above a blue star", "a red circle"], evaluator=oracle
+        )
     with pytest.raises(TinygenError, match="'unicorn'"):
         prompt_fidelity(batch.images, ["a red unicorn"] * 2, evaluator=oracle)
     with pytest.raises(TinygenError, match=r"\(N, 3, H, W\)"):
