@@ -227,7 +227,7 @@ PRESETS: dict[str, Preset] = {
             beta_schedule="cosine",
             prediction_type="v_prediction",
             conditioning="text",
-            text=TextConditionerConfig(width=128, layers=2, heads=4),
+            text=TextConditionerConfig(width=128, layers=2, heads=4, pooling="mean"),
         ),
         TrainConfig(
             max_iters=3000,
