@@ -8,9 +8,10 @@ right), so each image is judged by reading the two places:
 - `color`, `shape`, `size` (first object) and `color2`, `shape2`, `size2` (second): the
   attribute read at the object's place equals the named one (only where the prompt names it);
 - `relation`: the image shows two objects, at the relation's two places, in the prompt's
-  order -- the object at the first place resembles the first named object more than the
-  second does (counting matching colour and shape), so swapped positions are wrong and an
-  image whose two objects cannot be told apart does not count as right;
+  order -- the objects resemble the named ones better in that order than in the other,
+  the shape (the noun) counting twice the colour, as spatial-relation scores identify
+  objects by their nouns: swapped positions are wrong, swapped colours alone are not, and
+  an image whose two objects cannot be told apart does not count as right;
 - `all`: both places hold an object with every named attribute, and no other place does;
 - `binding_swap`: of the prompts whose objects differ in colour *and* in shape, the fraction
   of images that show both shapes where they belong but with the colours exchanged between
@@ -72,9 +73,9 @@ def judge_pairs(predicted: dict[str, Tensor], wanted: list[dict[str, str]]) -> d
 
     def resemblance(place: int, suffix: str) -> Tensor:
         score = torch.zeros(n, dtype=torch.long)
-        for key in ("color", "shape"):
+        for key, weight in (("color", 1), ("shape", 2)):
             target = torch.tensor([_index(key, w[key + suffix]) for w in wanted])
-            score += (at[key][place] == target).long()
+            score += weight * (at[key][place] == target).long()
         return score
 
     straight = resemblance(0, "") + resemblance(1, "2")
