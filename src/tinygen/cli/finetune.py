@@ -123,8 +123,11 @@ def register(commands) -> None:
         "--model",
         required=True,
         help="llama-2-7b | llama-2-13b | llama-2-70b | gpt2 | gpt2-medium | gpt2-large | "
-        "gpt2-xl | HF config.json or model directory | tinygen run directory",
+        "gpt2-xl | sd-v1-5 (sampling memory at --height x --width by precision) | HF "
+        "config.json or model directory | tinygen run directory",
     )
+    memory.add_argument("--height", type=positive_int, default=512, help="sd-v1-5: pixels")
+    memory.add_argument("--width", type=positive_int, default=512, help="sd-v1-5: pixels")
     memory.add_argument("--r", type=positive_int, default=8, help="LoRA rank (default 8)")
     memory.add_argument(
         "--targets",
@@ -200,6 +203,15 @@ def run_hf_command(args: argparse.Namespace) -> int:
 
 def run_memory_command(args: argparse.Namespace) -> int:
     from tinygen.finetune.memory import memory_report, resolve_inventory
+
+    if args.model == "sd-v1-5":
+        from tinygen.models.stable_diffusion_memory import stable_diffusion_memory
+
+        for precision in ("fp32", "bf16", "fp16"):
+            report = stable_diffusion_memory(precision, args.height, args.width)
+            print(f"## Stable Diffusion v1.5, {precision}, {args.height}x{args.width}")
+            print("\n".join(report["arithmetic"]) + "\n")
+        return 0
 
     print(memory_report(resolve_inventory(args.model), _split_targets(args.targets), args.r))
     return 0
