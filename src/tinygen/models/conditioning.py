@@ -212,7 +212,7 @@ class TextConditioner(nn.Module):
         U-Net projects and adds to the time embedding -- or (`pooling="mean"`) the mean of the
         features of the caption's real (non-padding) tokens. At our scale the final position
         learns slowly to gather the words (a linear probe of it read shape right for 80% of
-        validation captions after GLIDE's 36-minute run, the token mean 93%;
+        validation captions after a 36-minute run, the mean of its tokens 92.5%;
         docs/benchmarks.md), so the shapes recipe pools by the mean;
       - `context`: the whole token sequence (B, T, width), which every attention block of
         the U-Net projects (per block) and attends to, joined to its keys and values
