@@ -175,7 +175,7 @@ def test_the_caption_is_dropped_at_the_configured_rate():
 # -- CLIP guidance ---------------------------------------------------------------------------
 
 
-def test_clip_guide_gradient_equals_autograd_of_the_normalised_dot_product():
+def test_clip_guide_gradient_equals_autograd_of_the_clip_logit():
     from tinygen.models.clip import CLIP, CLIPConfig
     from tinygen.models.text2image import ClipGuide
 
@@ -205,7 +205,8 @@ def test_clip_guide_gradient_equals_autograd_of_the_normalised_dot_product():
     for i in range(2):
         xi = x[i : i + 1].clone().requires_grad_(True)
         image = torch.nn.functional.normalize(clip.encode_image(xi, t[i : i + 1]), dim=-1)
-        (want,) = torch.autograd.grad((image * text[i : i + 1]).sum(), xi)
+        logit = clip.logit_scale.exp() * (image * text[i : i + 1]).sum()  # GLIDE's cond_fn
+        (want,) = torch.autograd.grad(logit, xi)
         torch.testing.assert_close(grad[i : i + 1], want, atol=1e-5, rtol=1e-4)
     guide.check_matches(_model())  # the same schedule: accepted
 

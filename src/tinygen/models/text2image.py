@@ -67,18 +67,27 @@ class ClipGuide:
         device = next(self.clip.parameters()).device
         return self.clip.encode_text(self.tokenizer.encode_batch(prompts).to(device))
 
-    def log_score(self, prompts: list[str]) -> guidance_lib.LogScore:
+    def cosine(self, prompts: list[str]) -> guidance_lib.LogScore:
+        """f(x_t, t) . g(c) of unit-norm embeddings, per sample."""
         text = self.text_embeddings(prompts)
         return guidance_lib.clip_log_score(
             lambda x, t: self.clip.encode_image(x, t, normalize=False), text
         )
+
+    def log_score(self, prompts: list[str]) -> guidance_lib.LogScore:
+        """The guidance score: CLIP's logit, exp(logit_scale) * cosine -- as GLIDE's
+        `cond_fn` (glide-text2im, clip/model_creation.py), so that a CLIP-guidance scale
+        means what it means there (the gradient of a log-likelihood up to a constant)."""
+        cosine = self.cosine(prompts)
+        temperature = float(self.clip.logit_scale.exp())
+        return lambda x, t: temperature * cosine(x, t)
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         """CLIP's own clean-image (t = 0) cosine similarity of each image to its prompt."""
         device = next(self.clip.parameters()).device
         t = torch.zeros(images.shape[0], dtype=torch.long, device=device)
-        return self.log_score(prompts)(images.to(device), t)
+        return self.cosine(prompts)(images.to(device), t)
 
 
 class TextToImage(Protocol):
