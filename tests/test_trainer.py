@@ -164,6 +164,8 @@ def test_sigkill_during_training_resumes_the_same_curve(tmp_path, corpus_file):
         "--log-interval",
         "5",
         "--no-progress",
+        "--threads",  # one thread in all three processes: the same float reductions, whatever
+        "1",  # the load (a busy machine may otherwise get fewer threads for one of them)
     ]
     subprocess.run([*args, "--out", str(tmp_path / "full")], check=True, capture_output=True)
 
