@@ -28,8 +28,8 @@ from tinygen.errors import TinygenError
 from tinygen.fields import check_fields
 from tinygen.models.conditioning import TextConditionerConfig
 from tinygen.models.diffusion import DiffusionConfig, DiffusionModel
-from tinygen.nn.unet import UNetConfig
 from tinygen.recipes.common import Preset, fit
+from tinygen.recipes.diffusion import PRESETS as DIFFUSION_PRESETS
 from tinygen.train.config import TrainConfig
 from tinygen.train.trainer import TrainResult
 
@@ -186,15 +186,9 @@ SAMPLE_PROMPTS = [
     "a cyan triangle to the right of a white square",
 ]
 
-_TINY_UNET = UNetConfig(
-    image_size=16,
-    base_channels=16,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(8,),
-    head_channels=16,
-    norm_groups=8,
-)
+# the U-Nets of the diffusion recipes (the same family), text joining their attention
+_TINY_UNET = DIFFUSION_PRESETS["tiny"].model.unet
+_SHAPES_UNET = dataclasses.replace(DIFFUSION_PRESETS["shapes"].model.unet, context_mode="concat_kv")
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         DiffusionConfig(
@@ -217,13 +211,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "shapes": Preset(
         DiffusionConfig(
-            unet=UNetConfig(
-                base_channels=32,
-                channel_mult=(1, 2, 4),
-                num_res_blocks=1,
-                attention_resolutions=(8,),
-                context_mode="concat_kv",
-            ),
+            unet=_SHAPES_UNET,
             beta_schedule="cosine",
             prediction_type="v_prediction",
             conditioning="text",
