@@ -86,11 +86,10 @@ def partial_caption(batch: ShapesBatch, i: int, generator: torch.Generator) -> s
     )
 
 
-def captioned_batch(
-    data: CaptionData, split: str, batch_size: int, seed: int
-) -> tuple[ShapesBatch, list[str]]:
+def captioned_batch(data: CaptionData, split: str, batch_size: int, seed: int) -> ShapesBatch:
     """Fresh images of `split` ("train" or "val": neither shows the held-out pairs), the
-    two-object scenes after the one-object ones, and a caption for each."""
+    two-object scenes after the one-object ones, each with its training caption (labels are
+    left out: the task needs none)."""
     n_pairs = round(batch_size * data.pair_fraction)
     parts = []
     if batch_size - n_pairs:
@@ -114,8 +113,7 @@ def captioned_batch(
     # object masks as (N, 2, H, W): a one-object image repeats its one object
     masks = [p.masks if p.masks.shape[1] == 2 else p.masks.repeat(1, 2, 1, 1) for p in parts]
     images = torch.cat([p.images for p in parts])
-    batch = ShapesBatch(images, captions, sum((p.prompts for p in parts), []), {}, torch.cat(masks))
-    return batch, captions
+    return ShapesBatch(images, captions, sum((p.prompts for p in parts), []), {}, torch.cat(masks))
 
 
 class GlideTask:
@@ -130,9 +128,7 @@ class GlideTask:
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict:
         seed = int(torch.randint(2**58, (1,), generator=generator))
-        batch, captions = captioned_batch(
-            self.data, "train" if split == "train" else "val", batch_size, seed
-        )
+        batch = captioned_batch(self.data, "train" if split == "train" else "val", batch_size, seed)
         config = self.model.config
         t, noise = draw_timesteps_and_noise(
             batch.images.shape, config.num_train_timesteps, generator
@@ -143,7 +139,7 @@ class GlideTask:
             "t": t,
             "noise": noise,
             "drop": drop,
-            "tokens": self.tokenizer.encode_batch(captions),
+            "tokens": self.tokenizer.encode_batch(batch.captions),
         }
         if config.inpainting:
             mask = training_masks(batch.masks, generator)

@@ -68,7 +68,8 @@ def captioned_grid(
     n, _, h, w = images.shape
     pad, text_h = 2, 14
     cell_w, cell_h = w * scale + pad, h * scale + pad
-    width = max(n_per_prompt * cell_w + pad, 8 * max(len(p) for p in prompts) // 1 + 2 * pad)
+    text_w = 7 * max(len(p) for p in prompts)  # the default bitmap font: ~6-7 px a character
+    width = max(n_per_prompt * cell_w + pad, text_w + 2 * pad)
     canvas = Image.new("RGB", (width, len(prompts) * (cell_h + text_h) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
