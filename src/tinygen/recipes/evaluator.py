@@ -143,9 +143,7 @@ class EvaluatorTask:
             for k, v in attribute_accuracy(model, self._test.images, self._test.labels).items()
         }
         if self.config.two_objects:
-            out.update(
-                {f"pair_{k}": v for k, v in pair_accuracy(model, self._test_pairs).items()}
-            )
+            out.update({f"pair_{k}": v for k, v in pair_accuracy(model, self._test_pairs).items()})
         return out
 
 
@@ -171,11 +169,15 @@ def accuracy_under_noise(
     sigmas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2),
     split: str = "test",
     seed: int = 0,
+    image_size: int | None = None,
 ) -> dict[float, dict[str, float]]:
     """Per-attribute accuracy on `n` images of `split` with Gaussian noise of std `sigma`
     (in [-1, 1] units) added and clamped, for each sigma: how the evaluator fares on the
-    residual noise a diffusion sampler may leave."""
-    batch = generate_shapes(n, split=split, seed=seed, image_size=model.config.image_size)
+    residual noise a diffusion sampler may leave. `image_size` (default: the evaluator's
+    own) draws the world at another size -- 64 px for latent diffusion -- which the
+    evaluator judges after an antialiased resize to its own size."""
+    size = image_size or model.config.image_size
+    batch = generate_shapes(n, split=split, seed=seed, image_size=size)
     out = {}
     for sigma in sigmas:
         noise = torch.randn(batch.images.shape, generator=torch.Generator().manual_seed(seed))
