@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "glide",
     "stable_diffusion",
     "text2image",
+    "unclip",
+    "unclip_use",
 )
 VERBS = {
     "train": "train a model from scratch",

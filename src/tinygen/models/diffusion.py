@@ -39,6 +39,7 @@ from tinygen.diffusion.sampling import SamplerConfig, sample
 from tinygen.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES, NoiseSchedule
 from tinygen.errors import TinygenError
 from tinygen.fields import check_fields
+from tinygen.models.clip_image_conditioner import ClipImageConditioner, ClipImageConditionerConfig
 from tinygen.models.conditioning import (
     Condition,
     Conditioner,
@@ -50,7 +51,7 @@ from tinygen.models.conditioning import (
 )
 from tinygen.nn.unet import UNet, UNetConfig
 
-CONDITIONINGS = ("none", "class", "text")
+CONDITIONINGS = ("none", "class", "text", "clip_image")
 INPAINT_CHANNELS = 4  # the masked image (3) and the mask (1)
 THRESHOLD_MAX = 1.5  # dynamic thresholding: the largest scale s (DeepFloyd IF's value)
 
@@ -75,11 +76,19 @@ class DiffusionConfig:
     )
     conditioning: str = field(
         default="none",
-        metadata={"help": "none | class | text", "choices": CONDITIONINGS, "flag": "--cond"},
+        metadata={
+            "help": "none | class | text | clip_image",
+            "choices": CONDITIONINGS,
+            "flag": "--cond",
+        },
     )
     text: TextConditionerConfig = field(
         default_factory=TextConditionerConfig,
         metadata={"help": "the text encoder when conditioning=text (GLIDE)"},
+    )
+    clip_image: ClipImageConditionerConfig = field(
+        default_factory=ClipImageConditionerConfig,
+        metadata={"help": "the CLIP-embedding input when conditioning=clip_image (unCLIP)"},
     )
     inpainting: bool = field(
         default=False,
@@ -105,16 +114,20 @@ class DiffusionConfig:
             self.unet = UNetConfig(**self.unet)
         if isinstance(self.text, dict):
             self.text = TextConditionerConfig(**self.text)
+        if isinstance(self.clip_image, dict):
+            self.clip_image = ClipImageConditionerConfig(**self.clip_image)
         self.label_factors = tuple(self.label_factors)
 
     @property
     def class_conditional(self) -> bool:
         return self.conditioning == "class"
 
-    def conditioner(self) -> LabelConditioner | TextConditioner | None:
+    def conditioner(self) -> Conditioner | None:
         """The conditioner of this model's `conditioning` (None: conditioned on raw keys)."""
         if self.conditioning == "text":
             return TextConditioner(self.text)
+        if self.conditioning == "clip_image":
+            return ClipImageConditioner(self.clip_image)
         if not self.class_conditional:
             return None
         return LabelConditioner(
@@ -129,6 +142,9 @@ class DiffusionConfig:
             changes["num_classes"] = self.conditioner().num_rows
         if self.conditioning == "text":
             changes.update(cond_emb_dim=self.text.width, context_dim=self.text.width)
+        if self.conditioning == "clip_image":
+            width = self.clip_image.width
+            changes.update(cond_emb_dim=width, context_dim=width)
         if self.inpainting:
             changes["in_channels"] = self.unet.in_channels + INPAINT_CHANNELS
         return UNetConfig(**{**asdict(self.unet), **changes})
@@ -299,6 +315,8 @@ class DiffusionModel(nn.Module):
                 raise TinygenError("this model is class-conditional; give labels (--label)")
             if self.config.conditioning == "text" and "tokens" not in cond:
                 raise TinygenError("this model is text-conditional; give a prompt")
+            if self.config.conditioning == "clip_image" and "embedding" not in cond:
+                raise TinygenError("this decoder needs CLIP image embeddings (cond embedding)")
             cond = {key: value.to(device) for key, value in cond.items()}
             # the null condition replaces the conditioner's keys only (not an inpainting input)
             null = {**cond, **self.null_condition(n, device)}

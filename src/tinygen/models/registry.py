@@ -22,6 +22,8 @@ MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "shapes-evaluator": ("tinygen.models.shapes_evaluator", "ShapesEvaluator", "EvaluatorConfig"),
     "seq2seq": ("tinygen.models.seq2seq", "Seq2SeqTransformer", "Seq2SeqConfig"),
     "clip": ("tinygen.models.clip", "CLIP", "CLIPConfig"),
+    "unclip-prior": ("tinygen.models.prior", "DiffusionPrior", "PriorConfig"),
+    "unclip-decoder": ("tinygen.models.diffusion", "DiffusionModel", "DiffusionConfig"),
     "autoencoder": ("tinygen.models.autoencoder", "Autoencoder", "AutoencoderConfig"),
 }
 

@@ -18,7 +18,7 @@ from tinygen.errors import TinygenError
 from tinygen.models.runs import load_model, load_run_config
 from tinygen.models.text2image import ClipGuide, GlidePipeline
 
-TEXT2IMAGE_TYPES = ("glide",)
+TEXT2IMAGE_TYPES = ("glide", "unclip-decoder", "unclip-prior")
 
 
 def load_text2image(run: str | Path, *, which: str = "ema", device: str = "cpu"):
@@ -31,6 +31,10 @@ def load_text2image(run: str | Path, *, which: str = "ema", device: str = "cpu")
             f"{run} holds a {kind!r} run, not a text-to-image one ({', '.join(TEXT2IMAGE_TYPES)}); "
             "train one with `tinygen train glide`"
         )
+    if kind.startswith("unclip"):  # a decoder run names its CLIP and prior (components.json)
+        from tinygen.recipes.unclip import load_unclip
+
+        return load_unclip(run, which=which, device=device)
     model, _ = load_model(run, which=which, device=device, expect=kind)
     return GlidePipeline(model, load_tokenizer(run))
 
