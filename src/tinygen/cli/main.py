@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "text2image",
     "unclip",
     "unclip_use",
+    "latent_diffusion",
+    "img2img",
 )
 VERBS = {
     "train": "train a model from scratch",

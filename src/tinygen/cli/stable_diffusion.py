@@ -1,8 +1,8 @@
 """`tinygen txt2img` and `tinygen img2img`: Stable Diffusion v1.x checkpoints (`--hf`) in
 tinygen's own U-Net, autoencoder, CLIP text tower and DDIM sampler.
 
-`img2img` takes its model from a group of mutually exclusive sources; today `--hf` (a
-diffusers folder or Hub name), later also `--run DIR` (our own pixel or latent runs).
+`img2img` takes its model from a group of mutually exclusive sources: `--hf` (a diffusers
+folder or Hub name) or `--run DIR` (our own pixel or latent runs; cli/img2img.py).
 """
 
 from __future__ import annotations
@@ -84,6 +84,14 @@ def register(commands) -> None:
     )
     source = img2img.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf", metavar="NAME_OR_DIR", help=HF_HELP)
+    source.add_argument(
+        "--run",
+        type=Path,
+        metavar="DIR",
+        help="one of our runs: latent diffusion, GLIDE, or class-conditional diffusion on the "
+        "shapes world (the prompt names its class); default guidance 3 for runs; an image of "
+        "another size is resized, with a warning",
+    )
     img2img.add_argument("--image", type=Path, required=True, help="the picture to start from")
     img2img.add_argument(
         "--strength",
@@ -92,7 +100,7 @@ def register(commands) -> None:
         help="in [0, 1]: how far to noise the image (0 keeps it, 1 redraws; default 0.75)",
     )
     _common_flags(img2img, "img2img.png")
-    img2img.set_defaults(func=run_img2img)
+    img2img.set_defaults(func=run_img2img, guidance=None)  # --hf: 7.5, --run: 3
 
 
 def _load(args: argparse.Namespace):
@@ -133,10 +141,15 @@ def run_txt2img(args: argparse.Namespace) -> int:
 def run_img2img(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise TinygenError(f"--image {args.image} does not exist; pass a PNG or JPEG file")
+    if args.run is not None:
+        from tinygen.cli.img2img import run_img2img_run
+
+        return run_img2img_run(args)
     pipe = _load(args)
+    guidance = 7.5 if args.guidance is None else args.guidance
     images = pipe.img2img(
         args.image, [args.prompt], strength=args.strength, steps=args.steps,
-        guidance=args.guidance, seed=args.seed, negative_prompt=args.negative_prompt,
+        guidance=guidance, seed=args.seed, negative_prompt=args.negative_prompt,
         progress=not args.no_progress,
     )  # fmt: skip
     return _save(images, args.out)

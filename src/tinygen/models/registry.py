@@ -24,6 +24,11 @@ MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "clip": ("tinygen.models.clip", "CLIP", "CLIPConfig"),
     "unclip-prior": ("tinygen.models.prior", "DiffusionPrior", "PriorConfig"),
     "unclip-decoder": ("tinygen.models.diffusion", "DiffusionModel", "DiffusionConfig"),
+    "latent-diffusion": (
+        "tinygen.models.latent_diffusion",
+        "LatentDiffusionModel",
+        "LatentDiffusionConfig",
+    ),
     "autoencoder": ("tinygen.models.autoencoder", "Autoencoder", "AutoencoderConfig"),
 }
 

@@ -25,6 +25,7 @@ TRAIN_COMMANDS: dict[str, str] = {
     "noisy-classifier": "tinygen train noisy-classifier",
     "shapes-evaluator": "tinygen train evaluator",
     "lora-adapter": "tinygen finetune gpt",
+    "latent-diffusion": "tinygen train latent-diffusion",
     "autoencoder": "tinygen train autoencoder",
 }
 

@@ -18,7 +18,7 @@ from tinygen.errors import TinygenError
 from tinygen.models.runs import load_model, load_run_config
 from tinygen.models.text2image import ClipGuide, GlidePipeline
 
-TEXT2IMAGE_TYPES = ("glide", "unclip-decoder", "unclip-prior")
+TEXT2IMAGE_TYPES = ("glide", "latent-diffusion", "unclip-decoder", "unclip-prior")
 
 
 def load_text2image(run: str | Path, *, which: str = "ema", device: str = "cpu"):
@@ -29,8 +29,14 @@ def load_text2image(run: str | Path, *, which: str = "ema", device: str = "cpu")
     if kind not in TEXT2IMAGE_TYPES:
         raise TinygenError(
             f"{run} holds a {kind!r} run, not a text-to-image one ({', '.join(TEXT2IMAGE_TYPES)}); "
-            "train one with `tinygen train glide`"
+            "train one with `tinygen train glide` or `tinygen train latent-diffusion`"
         )
+    if kind == "latent-diffusion":
+        from tinygen.models.latent_pipeline import LatentDiffusionPipeline
+        from tinygen.recipes.latent_diffusion import load_latent_diffusion
+
+        ldm, tokenizer, _ = load_latent_diffusion(run, which=which, device=device)
+        return LatentDiffusionPipeline(ldm, tokenizer)
     if kind.startswith("unclip"):  # a decoder run names its CLIP and prior (components.json)
         from tinygen.recipes.unclip import load_unclip
 
