@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "text2image",
     "unclip",
     "unclip_use",
+    "autoencoder",
     "latent_diffusion",
     "img2img",
 )

@@ -149,7 +149,7 @@ class AutoencoderConfig:
         if factor not in (4, 8):
             raise TinygenError(f"--factor {factor} is not offered; choose 4 or 8")
         base = cls(
-            base_channels=32,
+            base_channels=16,
             channel_mult=(1, 1, 2) if factor == 4 else (1, 1, 2, 2),
             num_res_blocks=1,
             latent_channels=3 if factor == 4 else 4,

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tinygen import io
 from tinygen.data.image_data import ImageData
 from tinygen.errors import TinygenError
+from tinygen.eval.autoencoder_eval import psnr
 from tinygen.models.autoencoder import Autoencoder, AutoencoderConfig
 from tinygen.models.autoencoder_loss import AutoencoderLoss, AutoencoderLossConfig
 from tinygen.models.runs import load_model
@@ -41,7 +42,7 @@ class AutoencoderData:
     image_size: int = field(default=64, metadata={"help": "image side in pixels", "min": 8})
     n_train: int = field(default=6000, metadata={"help": "training images", "min": 2})
     n_val: int = field(default=256, metadata={"help": "validation images", "min": 1})
-    seed: int = field(default=0, metadata={"help": "seed of the drawn images", "min": 0})
+    data_seed: int = field(default=0, metadata={"help": "seed of the drawn images", "min": 0})
     scale_images: int = field(
         default=2048,
         metadata={"help": "training images the latent scale factor is measured on", "min": 2},
@@ -80,22 +81,24 @@ PRESETS: dict[str, AutoencoderPreset] = {
         description="seconds-long smoke test: 32 px, width 8",
     ),
     "shapes": AutoencoderPreset(
-        widths={"base_channels": 32},
+        # width 16 at full resolution: at equal CPU time it reconstructed better than width 32
+        # (400 steps in 50 s: 20.6 dB vs 19.6 dB after 170 steps), so the recipe buys steps
+        widths={"base_channels": 16},
         train=TrainConfig(
-            max_iters=1500,
+            max_iters=4000,
             batch_size=16,
             learning_rate=1e-3,
-            warmup_iters=50,
-            eval_interval=500,
+            warmup_iters=100,
+            eval_interval=1000,
             eval_iters=4,
-            log_interval=20,
+            log_interval=50,
             weight_decay=0.0,
             beta1=0.5,  # taming's Adam betas (0.5, 0.9), usual for a GAN-trained first stage
             beta2=0.9,
         ),
         data=AutoencoderData(),
-        loss=AutoencoderLossConfig(gan_start=750),
-        description="the CPU recipe: 64 px shapes, about 6 minutes on 2 threads",
+        loss=AutoencoderLossConfig(gan_start=2000),
+        description="the CPU recipe: 64 px shapes, width 16, 4,000 steps of 16 images",
     ),
 }
 
@@ -107,13 +110,6 @@ def preset(name: str) -> AutoencoderPreset:
     if name not in PRESETS:
         raise TinygenError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def psnr(images: Tensor, reconstruction: Tensor) -> Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE), the
-    reconstruction clamped to the image range first, as it would be saved. (B,)"""
-    mse = (images - reconstruction.clamp(-1, 1)).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
 
 
 class AutoencoderTask:
@@ -176,7 +172,7 @@ def reconstruction_stats(model: Autoencoder, images: Tensor, batch_size: int = 6
     values, latents, codes = [], [], []
     for chunk in images.split(batch_size):
         recon, reg = model(chunk, sample_posterior=False)
-        values.append(psnr(chunk, recon))
+        values.append(psnr(chunk, recon.clamp(-1, 1)))
         if model.quantizer is not None:
             codes.append(reg.indices.flatten())
         latents.append(model.encode_latents(chunk).flatten())
@@ -284,7 +280,7 @@ def train_autoencoder(
         image_size=data.image_size,
         n_train=max(data.n_train, data.scale_images),
         n_val=data.n_val,
-        seed=data.seed,
+        seed=data.data_seed,
     )
     torch.manual_seed(train_config.seed)
     model = Autoencoder(config)
