@@ -7,10 +7,11 @@ latents, with the joint text encoder (LDM) or a CLIP run's frozen text tower (SD
 
 Encoding: a fixed pool of training images is encoded once, at the start (its posterior
 mean and standard deviation), and every batch draws from the pool a fresh posterior sample.
-Measured on one CPU thread with the default 0.95 M-parameter f = 4 autoencoder: encoding a
-batch of 48 images at 64 px takes 0.24 s, a training step of the shapes preset's U-Net
-0.29 s -- encoding every batch would make training 1.8x slower; the 32,768-image pool costs
-~2.7 minutes once. `cache_size=0` encodes every batch instead (fresh images, no pool).
+Measured on one CPU thread (benchmarks/latent_vs_pixel.py) with the shapes f = 4 autoencoder
+(`AutoencoderConfig.shapes("kl", 4)`): encoding a batch of 48 images at 64 px takes 0.25 s,
+a training step of the shapes preset's U-Net 0.32 s -- encoding every batch would make
+training 1.8x slower; the 32,768-image pool costs ~3 minutes once. `--cache-size 0` encodes
+every batch instead (fresh images, no pool).
 
 A run directory holds the whole model (reloading needs nothing else):
 
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from tinygen import io
+from tinygen.data.caption_tokenizer import split_words
 from tinygen.data.tokenizer import load_tokenizer
 from tinygen.diffusion.objective import draw_timesteps_and_noise
 from tinygen.errors import TinygenError
@@ -163,7 +165,9 @@ class LatentDiffusionTask:
 
         device = next(model.parameters()).device
         ldm = LatentDiffusion(self.first_stage.to(device), model, self.scale_factor)
-        tokens = self.tokenizer.encode_batch(SAMPLE_PROMPTS).to(device)
+        known = set(self.tokenizer.words)  # (a one-object CLIP vocabulary has no relations)
+        prompts = [p for p in SAMPLE_PROMPTS if set(split_words(p)) <= known]
+        tokens = self.tokenizer.encode_batch(prompts).to(device)
         gen = torch.Generator().manual_seed(0)
         images = ldm.generate(tokens, guidance=3.0, sampler=SamplerConfig(steps=25), generator=gen)
         save_image_grid(images, Path(run_dir) / "samples.png", nrow=4, scale=2)
@@ -201,8 +205,8 @@ PRESETS: dict[str, Preset] = {
             conditioning="text",
             text=TextConditionerConfig(width=128, layers=2, heads=4, pooling="mean"),
         ),
-        # 0.29 s a step on one CPU thread (batch 48, 16x16x3 latents): 6,000 steps ~29 min,
-        # plus ~2.7 min encoding the pool
+        # 0.32 s a step on one CPU thread (batch 48, 16x16x3 latents): 6,000 steps ~32 min,
+        # plus ~3 min encoding the pool (2 threads: faster; the lead's run measures it)
         TrainConfig(
             max_iters=6000,
             batch_size=48,
