@@ -85,13 +85,24 @@ def test_eval_prints_and_writes_the_table_row(vq_run, judge_run, tmp_path, capsy
     assert code == 0
     result = json.loads((tmp_path / "autoencoder_eval.json").read_text())
     assert result["kind"] == "vq" and result["factor"] == 8 and result["n"] == 24
-    for key in ("psnr", "psnr_se", "agreement", "agreement_color", "accuracy", "perplexity"):
+    keys = ("psnr", "psnr_se", "agreement", "agreement_color", "accuracy", "perplexity")
+    for key in (*keys, "feature_distance"):
         assert key in result
     assert 0 <= result["agreement"] <= 1 and 1 <= result["perplexity"] <= result["codebook_size"]
     assert result["dead_codes"] >= 0 and result["train_seconds"] > 0
     md = (tmp_path / "autoencoder_eval.md").read_text().splitlines()
     assert md[0].startswith("| run | kind") and "| vq | 8 | 4 |" in md[2]
     assert "| vq | 8 | 4 |" in capsys.readouterr().out
+
+
+def test_eval_of_several_runs_is_one_table(vq_run, judge_run, tmp_path, capsys):
+    argv = ["eval", "autoencoder", "--run", str(vq_run), "--run", str(vq_run), "--n", "8"]
+    assert run_cli(*argv, "--out", str(tmp_path), "--evaluator", str(judge_run)) == 0
+    results = json.loads((tmp_path / "autoencoder_eval.json").read_text())
+    assert isinstance(results, list) and len(results) == 2
+    assert results[0]["psnr"] == results[1]["psnr"]  # the same run, the same test images
+    md = (tmp_path / "autoencoder_eval.md").read_text().splitlines()
+    assert len(md) == 4 and md[0].startswith("| run | kind")
 
 
 @pytest.mark.parametrize(

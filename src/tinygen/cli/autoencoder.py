@@ -100,10 +100,14 @@ def register(commands) -> None:
         description="Reconstruct --n test-split shapes images and report PSNR (mean ± s.e.), "
         "how often the shapes evaluator's verdict on the reconstruction equals its verdict on "
         "the original (all four attributes, and each), its accuracy against the true labels, "
-        "codebook perplexity and dead codes (vq) and the run's training time. With --out, "
-        "writes autoencoder_eval.json and autoencoder_eval.md (a table row).",
+        "the feature distance of reconstructions to originals, codebook perplexity and dead "
+        "codes (vq) and the run's training time. Repeat --run for one table of several runs "
+        "(e.g. L1 alone vs L1 + GAN). With --out, writes autoencoder_eval.json (one object, or "
+        "a list for several runs) and autoencoder_eval.md (the table).",
     )
-    ev.add_argument("--run", type=Path, required=True, help="an autoencoder run directory")
+    ev.add_argument(
+        "--run", type=Path, action="append", required=True, help="an autoencoder run (repeatable)"
+    )
     ev.add_argument("--n", type=positive_int, default=1024, help="test images")
     ev.add_argument("--seed", type=non_negative_int, default=0, help="seed of the test images")
     ev.add_argument("--out", type=Path, default=None, help="folder for the json and markdown")
@@ -138,6 +142,7 @@ def reconstruct(args: argparse.Namespace) -> int:
 
 
 def eval_autoencoder(args: argparse.Namespace) -> int:
+    from tinygen import io
     from tinygen.recipes.autoencoder_tools import TABLE_HEADER, eval_run, markdown_row
 
     evaluator = None
@@ -145,7 +150,13 @@ def eval_autoencoder(args: argparse.Namespace) -> int:
         from tinygen.eval.fidelity import load_evaluator
 
         evaluator = load_evaluator(args.evaluator)
-    result = eval_run(args.run, n=args.n, seed=args.seed, out=args.out, evaluator=evaluator)
-    print(json.dumps(result, indent=2))
-    print(f"\n{TABLE_HEADER}\n{markdown_row(result)}")
+    results = [eval_run(run, n=args.n, seed=args.seed, evaluator=evaluator) for run in args.run]
+    table = "\n".join([TABLE_HEADER, *map(markdown_row, results)]) + "\n"
+    if args.out is not None:
+        io.write_json(
+            args.out / "autoencoder_eval.json", results[0] if len(results) == 1 else results
+        )
+        io.atomic_write(args.out / "autoencoder_eval.md", lambda tmp: Path(tmp).write_text(table))
+    print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    print(f"\n{table}", end="")
     return 0

@@ -8,6 +8,9 @@ On `n` images of the shapes world's *test* split (combinations never seen in tra
   verdict on the original, per attribute and for all four at once -- does the autoencoder
   keep what the world's attributes are? -- and its **accuracy** against the true labels on
   the reconstructions (and, for reference, on the originals);
+- the feature distance between the reconstructions and the originals (the Fréchet distance
+  on the evaluator's penultimate features, `tinygen.eval.fidelity.feature_distance`: lower
+  is closer; what a GAN term is meant to buy where PSNR does not show it);
 - for a VQ model the codebook's perplexity (exp of the entropy of the code histogram; K if
   every code were used equally) and its dead codes (never chosen on these images).
 
@@ -113,6 +116,9 @@ def evaluate_autoencoder(
 
         evaluator = load_evaluator()
     out.update(judge_reconstructions(batch.images, recon, batch.labels, evaluator))
+    from tinygen.eval.fidelity import feature_distance
+
+    out["feature_distance"] = feature_distance(batch.images, recon, evaluator=evaluator)
     if model.quantizer is not None:
         k = model.config.num_embeddings
         out["perplexity"] = code_perplexity(codes, k).item()

@@ -67,8 +67,8 @@ def reconstruct_file(run: str | Path, image: str | Path, out: str | Path) -> Pat
 
 TABLE_HEADER = (
     "| run | kind | f | c | PSNR (dB) | judge agrees: all | colour | shape | size | position "
-    "| accuracy (all) | perplexity | dead codes | train time |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| accuracy (all) | feature distance | perplexity | dead codes | train time |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -79,23 +79,21 @@ def markdown_row(r: dict) -> str:
         return f"{100 * r[key]:.1f} ± {100 * r[key + '_se']:.1f}"
 
     vq = r["kind"] == "vq"
+    kind = f"{r['kind']} + GAN" if r.get("gan_weight") else r["kind"]
     codes = f"{r['perplexity']:.1f} / {r['codebook_size']}" if vq else "–"
     dead = str(r["dead_codes"]) if vq else "–"
     minutes = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "?"
     return (
-        f"| {r['run']} | {r['kind']} | {r['factor']} | {r['latent_channels']} "
+        f"| {r['run']} | {kind} | {r['factor']} | {r['latent_channels']} "
         f"| {r['psnr']:.2f} ± {r['psnr_se']:.2f} | {pct('agreement')} | {pct('agreement_color')} "
         f"| {pct('agreement_shape')} | {pct('agreement_size')} | {pct('agreement_position')} "
-        f"| {pct('accuracy')} | {codes} | {dead} | {minutes} |"
+        f"| {pct('accuracy')} | {r['feature_distance']:.3g} | {codes} | {dead} | {minutes} |"
     )
 
 
-def eval_run(
-    run: str | Path, *, n: int = 1024, seed: int = 0, out: str | Path | None = None, evaluator=None
-) -> dict:
-    """`tinygen eval autoencoder`: `evaluate_autoencoder` on the run's model and image size,
-    plus what the run says of itself (kind, f, c, training time). With `out`, writes
-    autoencoder_eval.json and autoencoder_eval.md (the table header and this run's row)."""
+def eval_run(run: str | Path, *, n: int = 1024, seed: int = 0, evaluator=None) -> dict:
+    """`tinygen eval autoencoder` for one run: `evaluate_autoencoder` on the run's model and
+    image size, plus what the run says of itself (kind, f, c, training time)."""
     from tinygen.eval.autoencoder_eval import evaluate_autoencoder
 
     model, scale = load_autoencoder(run)
@@ -109,12 +107,8 @@ def eval_run(
         "scale_factor": scale,
         "train_seconds": config.get("train_seconds"),
         "steps": config.get("train", {}).get("max_iters"),
+        "gan_weight": config.get("loss", {}).get("gan_weight", 0.0),
     }
     size = run_image_size(config)
     result.update(evaluate_autoencoder(model, n=n, image_size=size, seed=seed, evaluator=evaluator))
-    if out is not None:
-        out = Path(out)
-        io.write_json(out / "autoencoder_eval.json", result)
-        md = f"{TABLE_HEADER}\n{markdown_row(result)}\n"
-        io.atomic_write(out / "autoencoder_eval.md", lambda tmp: Path(tmp).write_text(md))
     return result
