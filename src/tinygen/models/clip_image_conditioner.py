@@ -66,7 +66,8 @@ class ClipImageConditionerConfig:
         check_fields(self)
         if self.embed_dim < 1:
             raise TinygenError(
-                "the CLIP-image conditioner needs the CLIP run's embedding width (embed_dim)"
+                "the CLIP-image conditioner needs the CLIP run's embedding width (embed_dim); "
+                "train an unCLIP decoder with `tinygen train unclip-decoder --clip RUN`"
             )
         if self.captions:
             self.text.validate()

@@ -167,7 +167,7 @@ PRIOR_PRESETS: dict[str, Preset] = {
     "shapes": Preset(
         PriorConfig(width=128, layers=4, heads=4),
         TrainConfig(
-            max_iters=3000,
+            max_iters=2500,
             batch_size=128,
             learning_rate=1e-3,
             min_lr=1e-4,
