@@ -29,7 +29,12 @@ def _add_run(
     )
     parser.add_argument("--guidance", type=float, default=3.0, help="decoder CFG scale (3)")
     parser.add_argument(
-        steps_flag, dest="sampler_steps", type=positive_int, default=50, help="DDIM steps (50)"
+        steps_flag,
+        dest="sampler_steps",
+        metavar="N",
+        type=positive_int,
+        default=50,
+        help="DDIM steps (50)",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (0)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -66,9 +71,13 @@ def register(commands) -> None:
         "--image", type=Path, action="append", required=True, help="an end image (give two)"
     )
     interp.add_argument(
-        "--steps", dest="frames", type=positive_int, default=8,
+        "--steps",
+        dest="frames",
+        metavar="N",
+        type=positive_int,
+        default=8,
         help="interpolation points, both ends' decodings included (8)",
-    )  # fmt: skip
+    )
     interp.add_argument("--out", type=Path, default=Path("interpolation.png"), help="strip (PNG)")
     interp.set_defaults(func=interpolate)
 
