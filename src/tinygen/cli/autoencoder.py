@@ -51,7 +51,7 @@ def register(commands) -> None:
         "--preset",
         choices=recipes.PRESET_NAMES,
         default="shapes",
-        help="named config (default shapes: the CPU recipe, 6,000 steps; tiny: a smoke test)",
+        help="named config (default shapes: the CPU recipe, 4,000 steps; tiny: a smoke test)",
     )
     train.add_argument(
         "--gan",
