@@ -49,6 +49,7 @@ from tinygen.models.latent_diffusion import (
     latent_unet_config,
 )
 from tinygen.models.runs import load_model
+from tinygen.recipes.autoencoder import load_autoencoder
 from tinygen.recipes.common import Preset, fit
 from tinygen.recipes.diffusion import PRESETS as DIFFUSION_PRESETS
 from tinygen.recipes.glide import SAMPLE_PROMPTS, CaptionData, captioned_batch, world_tokenizer
@@ -235,16 +236,7 @@ def preset(name: str) -> Preset:
 
 def load_first_stage(run: str | Path, device: str | torch.device = "cpu"):
     """(autoencoder, scale factor) of an autoencoder run, frozen and in eval mode."""
-    run = Path(run)
-    try:
-        from tinygen.recipes.autoencoder import load_autoencoder
-    except ImportError:  # (before the autoencoder recipe exists: the plain run)
-        model, _ = load_model(run, which="last", device=device, expect="autoencoder")
-        scale = float(getattr(model, "scale_factor", model.config.scaling_factor))
-    else:
-        model, scale = load_autoencoder(run, device=device)
-    if hasattr(model, "without_discriminator"):
-        model = model.without_discriminator()
+    model, scale = load_autoencoder(Path(run), device=device)  # (its discriminator dropped)
     return model.eval().requires_grad_(False), float(scale)
 
 
