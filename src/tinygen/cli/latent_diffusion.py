@@ -19,6 +19,7 @@ from tinygen.cli.common import (
 )
 from tinygen.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES
 from tinygen.models.conditioning import TextConditionerConfig
+from tinygen.models.latent_diffusion import LATENT_ATTENTIONS
 from tinygen.nn.unet import UNetConfig
 from tinygen.recipes import latent_diffusion as ldm_recipes
 from tinygen.recipes.latent_diffusion import LatentCaptionData
@@ -65,6 +66,14 @@ def register(commands) -> None:
         type=checked(float, min=0, below=1),
         default=0.1,
         help="chance of the empty caption in training, for classifier-free guidance (0.1)",
+    )
+    train.add_argument(
+        "--attention",
+        choices=LATENT_ATTENTIONS,
+        default="transformer",
+        help="how the U-Net reads the caption: transformer (Stable Diffusion's block, "
+        "cross-attention; default) | concat_kv (GLIDE's block, the caption's keys and values "
+        "concatenated to the image's)",
     )
     train.add_argument(
         "--schedule",
@@ -117,7 +126,8 @@ def train_latent_diffusion(args: argparse.Namespace) -> int:
     out = args.out or Path("runs/latent-diffusion")
     result = ldm_recipes.train_latent_diffusion(
         args.autoencoder, config, train_config, data, out, text_encoder=args.text_encoder,
-        drop_prob=args.drop_prob, resume=args.resume, progress=not args.no_progress,
+        drop_prob=args.drop_prob, attention=args.attention, resume=args.resume,
+        progress=not args.no_progress,
     )  # fmt: skip
     return finish_training(
         result, out, f"try: tinygen generate --run {out} --prompt 'a large red circle on the left'"

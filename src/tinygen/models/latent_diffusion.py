@@ -167,16 +167,28 @@ class LatentDiffusionModel(DiffusionModel):
             self.conditioner = ClipTextConditioner(config.clip_text, config.drop_prob)
 
 
-def latent_unet_config(unet, *, latent_size: int, latent_channels: int):
-    """A pixel U-Net config moved to the latents: their size and channels, Stable
-    Diffusion's transformer attention block."""
+LATENT_ATTENTIONS = ("transformer", "concat_kv")
+
+
+def latent_unet_config(
+    unet, *, latent_size: int, latent_channels: int, attention: str = "transformer"
+):
+    """A pixel U-Net config moved to the latents: their size and channels, and how it attends
+    to the caption -- Stable Diffusion's transformer block cross-attending to the tokens
+    (`transformer`, the default) or GLIDE's attention block with the caption's keys and
+    values concatenated to its own (`concat_kv`, the comparison of docs/benchmarks.md)."""
+    if attention not in LATENT_ATTENTIONS:
+        raise TinygenError(
+            f"unknown attention {attention!r}; choose {' or '.join(LATENT_ATTENTIONS)}"
+        )
+    transformer = attention == "transformer"
     return dataclasses.replace(
         unet,
         image_size=latent_size,
         in_channels=latent_channels,
         out_channels=latent_channels,
-        attention_type="transformer",
-        context_mode="cross_attention",
+        attention_type="transformer" if transformer else "adm",
+        context_mode="cross_attention" if transformer else "concat_kv",
     )
 
 

@@ -305,6 +305,7 @@ def train_latent_diffusion(
     *,
     text_encoder: str = "joint",
     drop_prob: float = 0.1,
+    attention: str = "transformer",
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
@@ -320,7 +321,7 @@ def train_latent_diffusion(
             f"autoencoder's factor) x {diffusion.unet.downsample_factor} (the U-Net's)"
         )
     unet = latent_unet_config(diffusion.unet, latent_size=data.image_size // factor,
-                              latent_channels=channels)  # fmt: skip
+                              latent_channels=channels, attention=attention)  # fmt: skip
     clip_config, clip_weights = {}, None
     if kind == "clip":
         clip_config, clip_weights, tokenizer = clip_text_encoder(clip_run)
