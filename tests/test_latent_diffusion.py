@@ -5,6 +5,7 @@ latents exactly, and the commands run end to end on tiny runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 from ldm_runs import autoencoder_run, clip_run, ldm_run
 from tinygen.diffusion.sampling import SamplerConfig
 from tinygen.errors import TinygenError
-from tinygen.models.latent_diffusion import latent_mask
+from tinygen.models.latent_diffusion import latent_mask, latent_unet_config
 from tinygen.nn.spatial_transformer import TransformerBlock
+from tinygen.nn.unet import UNet, UNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,6 +51,28 @@ def test_transformer_block_with_an_empty_context_is_self_attention_plus_feed_for
         torch.testing.assert_close(block(x, context), want, atol=1e-5, rtol=1e-5)
     # a real context does change it: the cross-attention is there, and used
     assert not torch.allclose(block(x, torch.randn(2, 3, 8)), want, atol=1e-3)
+
+
+def test_the_latent_unet_attends_to_the_caption_the_way_it_is_asked():
+    base = UNetConfig(
+        image_size=32, base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,)
+    )
+    for attention, block, mode in (
+        ("transformer", "transformer", "cross_attention"),
+        ("concat_kv", "adm", "concat_kv"),
+    ):
+        config = latent_unet_config(base, latent_size=16, latent_channels=3, attention=attention)
+        assert (config.image_size, config.in_channels, config.out_channels) == (16, 3, 3)
+        assert (config.attention_type, config.context_mode) == (block, mode)
+        unet = UNet(dataclasses.replace(config, context_dim=8))
+        context = torch.randn(2, 5, 8)
+        x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 7])
+        with torch.no_grad():  # the caption changes the output either way
+            for p in unet.parameters():
+                torch.nn.init.normal_(p, std=0.05)
+            assert not torch.allclose(unet(x, t, context=context), unet(x, t, context=-context))
+    with pytest.raises(TinygenError, match="unknown attention"):
+        latent_unet_config(base, latent_size=16, latent_channels=3, attention="flash")
 
 
 def test_latent_mask_repaints_a_latent_cell_when_any_of_its_pixels_is_masked():
