@@ -70,10 +70,11 @@ def register(commands) -> None:
     train.add_argument(
         "--attention",
         choices=LATENT_ATTENTIONS,
-        default="transformer",
-        help="how the U-Net reads the caption: transformer (Stable Diffusion's block, "
-        "cross-attention; default) | concat_kv (GLIDE's block, the caption's keys and values "
-        "concatenated to the image's)",
+        default="concat_kv",
+        help="how the U-Net reads the caption: concat_kv (GLIDE's block, the caption's keys "
+        "and values concatenated to the image's; default: 87.9%% colour and shape against "
+        "34.8%% at equal steps, docs/benchmarks.md) | transformer (Stable Diffusion's block, "
+        "cross-attention)",
     )
     train.add_argument(
         "--schedule",

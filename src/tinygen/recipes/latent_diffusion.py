@@ -219,7 +219,8 @@ PRESETS: dict[str, Preset] = {
             weight_decay=0.0,
             ema_decay=0.999,
         ),  # fmt: skip
-        description="the CPU recipe: 64 px images as f = 4 latents, cross-attention to text",
+        description="the CPU recipe: 64 px images as f = 4 latents, the caption's keys and values "
+        "concatenated to the attention's (train latent-diffusion --attention)",
         extras={"data": LatentCaptionData()},
     ),
 }
@@ -305,7 +306,7 @@ def train_latent_diffusion(
     *,
     text_encoder: str = "joint",
     drop_prob: float = 0.1,
-    attention: str = "transformer",
+    attention: str = "concat_kv",
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
