@@ -52,6 +52,7 @@ from tinygen.models.runs import load_model
 from tinygen.recipes.autoencoder import load_autoencoder
 from tinygen.recipes.common import Preset, fit
 from tinygen.recipes.diffusion import PRESETS as DIFFUSION_PRESETS
+from tinygen.recipes.glide import PRESETS as GLIDE_PRESETS
 from tinygen.recipes.glide import SAMPLE_PROMPTS, CaptionData, captioned_batch, world_tokenizer
 from tinygen.train.config import TrainConfig
 from tinygen.train.trainer import TrainResult
@@ -177,7 +178,7 @@ class LatentDiffusionTask:
 # -- presets -------------------------------------------------------------------------------
 
 _TINY_UNET = DIFFUSION_PRESETS["tiny"].model.unet  # 16 px (the latents of 64 px at f = 4)
-_SHAPES_UNET = DIFFUSION_PRESETS["shapes"].model.unet  # GLIDE's 32 px U-Net family
+_GLIDE = GLIDE_PRESETS["shapes"]  # its 32 px U-Net family, text encoder and training
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         DiffusionConfig(
@@ -199,26 +200,10 @@ PRESETS: dict[str, Preset] = {
         extras={"data": LatentCaptionData(image_size=32, cache_size=64)},
     ),
     "shapes": Preset(
-        DiffusionConfig(
-            unet=_SHAPES_UNET,
-            beta_schedule="cosine",
-            prediction_type="v_prediction",
-            conditioning="text",
-            text=TextConditionerConfig(width=128, layers=2, heads=4, pooling="mean"),
-        ),
+        _GLIDE.model,  # GLIDE's shapes recipe; latent_unet_config moves its U-Net to latents
         # 0.32 s a step on one CPU thread (batch 48, 16x16x3 latents): 6,000 steps ~32 min,
-        # plus ~3 min encoding the pool (2 threads: faster; the lead's run measures it)
-        TrainConfig(
-            max_iters=6000,
-            batch_size=48,
-            learning_rate=2e-3,
-            warmup_iters=100,
-            eval_interval=1500,
-            eval_iters=5,
-            log_interval=20,
-            weight_decay=0.0,
-            ema_decay=0.999,
-        ),  # fmt: skip
+        # plus ~3 min encoding the pool
+        dataclasses.replace(_GLIDE.train, max_iters=6000, eval_interval=1500, ema_decay=0.999),
         description="the CPU recipe: 64 px images as f = 4 latents, the caption's keys and values "
         "concatenated to the attention's (train latent-diffusion --attention)",
         extras={"data": LatentCaptionData()},
