@@ -1,5 +1,6 @@
 """The flags `sample diffusion` and `eval diffusion` share (the run, the sampler's settings,
-classifier guidance), the rules that tie them together, and the `SamplerConfig` they make."""
+classifier guidance), the rules that tie them together, and the `SamplerConfig` they make;
+and the noise-schedule flags of the text-to-image trainers."""
 
 from __future__ import annotations
 
@@ -8,9 +9,28 @@ from pathlib import Path
 
 from tinygen.cli.common import field_type, non_negative_int
 from tinygen.diffusion.sampling import SamplerConfig
+from tinygen.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES
 from tinygen.errors import TinygenError
 
 STEPS = field_type(SamplerConfig, "steps")  # sampling steps, checked as SamplerConfig does
+
+
+def add_schedule_flags(train: argparse.ArgumentParser) -> None:
+    """--schedule and --objective, defaulting to the preset's (None until then)."""
+    train.add_argument(
+        "--schedule",
+        dest="beta_schedule",
+        choices=BETA_SCHEDULES,
+        default=None,
+        help="beta schedule (default: the preset's; shapes: cosine)",
+    )
+    train.add_argument(
+        "--objective",
+        dest="prediction_type",
+        choices=PREDICTION_TYPES,
+        default=None,
+        help="what the U-Net predicts (default: the preset's; shapes: v_prediction)",
+    )
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:

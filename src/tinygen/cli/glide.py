@@ -15,7 +15,7 @@ from tinygen.cli.common import (
     finish_training,
     train_config_from_args,
 )
-from tinygen.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES
+from tinygen.cli.diffusion_flags import add_schedule_flags
 from tinygen.models.conditioning import TextConditionerConfig
 from tinygen.nn.resnet import CONTEXT_MODES
 from tinygen.nn.unet import UNetConfig
@@ -63,20 +63,7 @@ def register(commands) -> None:
         action="store_true",
         help="train the inpainting variant: the U-Net also sees a masked image and the mask",
     )
-    train.add_argument(
-        "--schedule",
-        dest="beta_schedule",
-        choices=BETA_SCHEDULES,
-        default=None,
-        help="beta schedule (default: the preset's; shapes: cosine)",
-    )
-    train.add_argument(
-        "--objective",
-        dest="prediction_type",
-        choices=PREDICTION_TYPES,
-        default=None,
-        help="what the U-Net predicts (default: the preset's; shapes: v_prediction)",
-    )
+    add_schedule_flags(train)
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/glide)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -17,7 +17,7 @@ from tinygen.cli.common import (
     finish_training,
     train_config_from_args,
 )
-from tinygen.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES
+from tinygen.cli.diffusion_flags import add_schedule_flags
 from tinygen.models.conditioning import TextConditionerConfig
 from tinygen.models.latent_diffusion import LATENT_ATTENTIONS
 from tinygen.nn.unet import UNetConfig
@@ -76,20 +76,7 @@ def register(commands) -> None:
         "34.8%% at equal steps, docs/benchmarks.md) | transformer (Stable Diffusion's block, "
         "cross-attention)",
     )
-    train.add_argument(
-        "--schedule",
-        dest="beta_schedule",
-        choices=BETA_SCHEDULES,
-        default=None,
-        help="beta schedule (default: the preset's; shapes: cosine)",
-    )
-    train.add_argument(
-        "--objective",
-        dest="prediction_type",
-        choices=PREDICTION_TYPES,
-        default=None,
-        help="what the U-Net predicts (default: the preset's; shapes: v_prediction)",
-    )
+    add_schedule_flags(train)
     train.add_argument(
         "--out", type=Path, default=None, help="run directory (default runs/latent-diffusion)"
     )
