@@ -32,9 +32,7 @@ def main() -> None:
     sampler = SamplerConfig(steps=args.steps)
     pipeline.generate(prompts[:4], guidance=args.guidance, sampler=SamplerConfig(steps=2))
     rates = []
-    print(
-        "| run | batch | DDIM steps | guidance | threads | images/s |\n|---|---|---|---|---|---|"
-    )
+    print("| run | batch | DDIM steps | guidance | threads | images/s |\n|---|---|---|---|---|---|")
     for _ in range(args.repeats):
         start = time.perf_counter()
         pipeline.generate(

@@ -229,3 +229,19 @@ def test_bf16_precision_on_cpu_trains_close_to_fp32(tmp_path, text):
 def test_unknown_precision_is_a_clear_error():
     with pytest.raises(TinygenError, match="--precision"):
         TrainConfig(precision="fp16").validate()
+
+
+def test_max_minutes_stops_at_a_log_step_evaluates_saves_and_can_resume(tmp_path, text):
+    # a deadline already past: the first log step (2) is the last, with an evaluation
+    task, run_config = make_task(text)
+    config = train_config(max_minutes=1e-9)
+    result = Trainer(task, config, tmp_path / "r", run_config=run_config, progress=False).fit()
+    assert result.step == 2
+    rows = losses(tmp_path / "r")
+    assert rows[-1][0] == 2 and rows[-1][2] is not None  # evaluated at the stop
+    # resumed without the limit, the run goes on from its checkpoint to max_iters
+    task, run_config = make_task(text)
+    result = Trainer(
+        task, train_config(), tmp_path / "r", run_config=run_config, resume=True, progress=False
+    ).fit()
+    assert result.step == 40

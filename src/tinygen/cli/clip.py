@@ -79,6 +79,14 @@ def register(commands) -> None:
     train.add_argument(
         "--num-train-timesteps", type=positive_int, default=1000, help="with --noised: T"
     )
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="CLIP_RUN",
+        help="with --noised: fine-tune from this clean CLIP run (its weights and vocabulary; "
+        "the timestep layer starts at zero) instead of random weights",
+    )
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/clip)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -161,6 +169,8 @@ def train_clip(args: argparse.Namespace) -> int:
     model_config, train_config = build_configs(args)
     if args.noise_schedule is not None and not args.noised:
         raise TinygenError("--schedule is for a noised CLIP; add --noised")
+    if args.init_from is not None and not args.noised:
+        raise TinygenError("--init-from is for a noised CLIP; add --noised")
     noised = {}
     if args.noised:
         from tinygen.recipes.clip_noised import train_noised_clip as train
@@ -168,6 +178,7 @@ def train_clip(args: argparse.Namespace) -> int:
         noised = {
             "beta_schedule": args.noise_schedule or "cosine",
             "num_train_timesteps": args.num_train_timesteps,
+            "init_from": args.init_from,
         }
     out = args.out or Path("runs") / ("clip-noised" if args.noised else "clip")
     result = train(

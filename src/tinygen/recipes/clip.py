@@ -341,11 +341,14 @@ def train_clip(
     progress: bool = True,
     make_task: Callable[..., CLIPTask] | None = None,
     run_extras: dict | None = None,
+    init: Callable[[], tuple] | None = None,
 ) -> TrainResult:
     """Train CLIP on `data` (see load_pairs) into `out`: the tokenizer is saved beside the
     model, the shapes world is scored at every evaluation, pictures are drawn at the end.
     make_task(model, tokenizer, train, val) builds another task (the noised CLIP's,
-    `recipes/clip_noised.py`); run_extras are added to config.json."""
+    `recipes/clip_noised.py`); run_extras are added to config.json. init() -> (tokenizer,
+    load(model)): start a fresh run from another run's weights and vocabulary (the noised
+    CLIP's --init-from); ignored on resume, where the checkpoint holds the weights."""
     from tinygen.data.caption_tokenizer import load_caption_tokenizer
     from tinygen.models.clip import CLIP
     from tinygen.models.runs import load_resumable_config
@@ -360,14 +363,20 @@ def train_clip(
     )
     if resume:
         load_resumable_config(out, "clip")
-    tokenizer = (
-        load_caption_tokenizer(out) if resume else new_tokenizer(model_config, train.captions)
-    )
+    start = init() if init is not None and not resume else None
+    if resume:
+        tokenizer = load_caption_tokenizer(out)
+    elif start is not None:
+        tokenizer = start[0]
+    else:
+        tokenizer = new_tokenizer(model_config, train.captions)
     model_config = dataclasses.replace(
         model_config, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length
     )
     torch.manual_seed(train_config.seed)
     model = CLIP(model_config)
+    if start is not None:
+        start[1](model)
     shapes_eval = {"n_test": 1000, "seed": 0, "image_size": model_config.image_size}
     if make_task is None:
         task = CLIPTask(

@@ -104,6 +104,55 @@ def noised_config(model_config: CLIPConfig, num_train_timesteps: int) -> CLIPCon
     return dataclasses.replace(model_config, num_timesteps=num_train_timesteps)
 
 
+# what may differ between a clean CLIP and the noised CLIP fine-tuned from it
+_INIT_FREE_FIELDS = ("num_timesteps", "vocab_size", "context_length")
+
+
+def warm_start(clip_run: str | Path, model_config: CLIPConfig):
+    """init() for `train_clip`: start a noised CLIP from the trained CLIP in `clip_run`.
+
+    The noised tower's parameters are the clean tower's plus `time_embedding.*` (see
+    `models/clip.py: VisionTransformer`); that layer starts at zero, so at step 0 the noised
+    CLIP *is* the clean one at every t, and fine-tuning on x_t only has to learn what noise
+    changes. Trained from scratch on x_t, our CLIP learns colour first and shape only after
+    thousands of steps (docs/benchmarks.md, section glide); the clean CLIP already tells the
+    48 pairs apart. The vocabulary is the clean run's (the text tower's embedding rows).
+    """
+    from tinygen.data.caption_tokenizer import load_caption_tokenizer
+    from tinygen.models.runs import load_model
+
+    source, config = load_model(clip_run, expect="clip")
+    source_config = CLIPConfig(**config["model"])
+    differ = [
+        f"{name}: {getattr(source_config, name)!r} there, {getattr(model_config, name)!r} here"
+        for name in (f.name for f in dataclasses.fields(CLIPConfig))
+        if name not in _INIT_FREE_FIELDS
+        and getattr(source_config, name) != getattr(model_config, name)
+    ]
+    if differ:
+        raise TinygenError(
+            f"--init-from {clip_run}: its model differs from the one asked for ("
+            + "; ".join(differ)
+            + "); drop the model flags, or give the values of that run"
+        )
+    tokenizer = load_caption_tokenizer(clip_run)
+
+    def load(model: nn.Module) -> None:
+        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+        foreign = [k for k in missing if ".time_embedding." not in f".{k}"]
+        if foreign or unexpected:
+            raise TinygenError(
+                f"--init-from {clip_run}: weights do not fit (missing {foreign[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in missing:
+                    param.zero_()
+
+    return tokenizer, load
+
+
 def train_noised_clip(
     model_config: CLIPConfig,
     train_config,
@@ -111,22 +160,33 @@ def train_noised_clip(
     *,
     beta_schedule: str = "cosine",
     num_train_timesteps: int = 1000,
+    init_from: str | Path | None = None,
     **options,
 ):
     """Train a noised CLIP into `out` (options as `recipes.clip.train_clip`'s): the ViT reads
-    t, every image is noised under `beta_schedule`, and the schedule is recorded in the run."""
+    t, every image is noised under `beta_schedule`, and the schedule is recorded in the run.
+    init_from: a clean CLIP run to fine-tune from (`warm_start`) instead of random weights."""
     schedule = NoiseSchedule(beta_schedule, num_train_timesteps)
 
     def make_task(model, tokenizer, train, val) -> NoisedCLIPTask:
         return NoisedCLIPTask(model, tokenizer, train, val, schedule=schedule)
 
     noise = {"beta_schedule": beta_schedule, "num_train_timesteps": num_train_timesteps}
+    extras = {NOISE_KEY: noise}
+    init = None
+    if init_from is not None:
+        from tinygen.models.unclip import clip_fingerprint
+
+        extras["init_from"] = {"run": str(init_from), "weights": clip_fingerprint(init_from)}
+        config = noised_config(model_config, num_train_timesteps)
+        init = lambda: warm_start(init_from, config)  # noqa: E731
     return train_clip(
         noised_config(model_config, num_train_timesteps),
         train_config,
         out,
         make_task=make_task,
-        run_extras={NOISE_KEY: noise},
+        run_extras=extras,
+        init=init,
         **options,
     )
 

@@ -11,6 +11,15 @@ from tinygen.fields import check_fields
 @dataclass
 class TrainConfig:
     max_iters: int = field(default=2000, metadata={"help": "optimiser steps", "min": 1})
+    max_minutes: float = field(
+        default=0.0,
+        metadata={
+            "help": "also stop (evaluate, save, finish) at the first log step past this many "
+            "minutes of training in this process; 0 = no limit. The schedule still follows "
+            "--max-iters: for equal-wall-time comparisons, set both",
+            "min": 0,
+        },
+    )
     batch_size: int = field(
         default=12, metadata={"help": "samples per micro-batch (per process)", "min": 1}
     )

@@ -28,7 +28,7 @@ from tinygen.errors import TinygenError
 from tinygen.train import checkpoint as ckpt
 from tinygen.train.config import TrainConfig
 from tinygen.train.device import announce_precision_and_threads, autocast, resolve_device
-from tinygen.train.distributed import DistInfo, setup_distributed
+from tinygen.train.distributed import DistInfo, all_reduce_mean, setup_distributed
 from tinygen.train.ema import EMA
 from tinygen.train.lr import get_lr
 from tinygen.train.optim import make_optimizer
@@ -294,14 +294,19 @@ class Trainer:
         self.model.train()
         interrupted = False
         t_last, step_last = time.perf_counter(), self.step
+        deadline = t_last + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
+        out_of_time = False
         try:
-            while self.step < cfg.max_iters:
+            while self.step < cfg.max_iters and not out_of_time:
                 lr = get_lr(self.step, cfg)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 loss = self._train_step()
                 self.step += 1
-                if self.step % cfg.log_interval == 0 or self.step == cfg.max_iters:
+                if deadline is not None and self.step % cfg.log_interval == 0:
+                    out_of_time = self._past(deadline)
+                last = self.step == cfg.max_iters or out_of_time
+                if self.step % cfg.log_interval == 0 or last:
                     now = time.perf_counter()
                     loss_value = loss.item()  # the one host sync per log interval
                     if not math.isfinite(loss_value):
@@ -325,7 +330,7 @@ class Trainer:
                         )
                 if bar is not None:
                     bar.update(1)
-                if self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters:
+                if self.step % cfg.eval_interval == 0 or last:
                     last_val = self._evaluate(history)
                     # the throughput of the next log leaves the evaluation's time out
                     t_last, step_last = time.perf_counter(), self.step
@@ -335,6 +340,12 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if out_of_time and self.dist.is_main:
+            print(
+                f"stopped at step {self.step} of {cfg.max_iters}: --max-minutes "
+                f"{cfg.max_minutes:g} reached ({self.run_dir} can be resumed with --resume)",
+                file=sys.stderr,
+            )
         if self.dist.is_main and not interrupted:
             try:
                 self._draw_end_pictures()
@@ -346,6 +357,12 @@ class Trainer:
                     file=sys.stderr,
                 )
         return TrainResult(self.step, self.best_val, last_val, interrupted, history)
+
+    def _past(self, deadline: float) -> bool:
+        """Whether this process is past its --max-minutes deadline; under torchrun the ranks
+        agree (any rank past it stops all), so they stop at the same step."""
+        past = torch.tensor(float(time.perf_counter() >= deadline), device=self.device)
+        return bool(all_reduce_mean(past, self.dist).item() > 0)
 
     def _draw_end_pictures(self) -> None:
         plot_loss(
