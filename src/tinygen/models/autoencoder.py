@@ -141,9 +141,11 @@ class AutoencoderConfig:
 
     @classmethod
     def shapes(cls, kind: str = "kl", factor: int = 4, **changes) -> AutoencoderConfig:
-        """The CPU-sized first stages for the 64 px shapes world: f = 4 with c = 3 (LDM's
-        KL-f4 / VQ-f4 shape) or f = 8 with c = 4 (Stable Diffusion's); VQ codebooks of 256
-        (f = 4) and 512 codes (f = 8: each code covers a patch four times larger)."""
+        """The CPU-sized first stages for the 64 px shapes world: KL f = 4 with c = 3 (LDM's
+        KL-f4 shape), f = 8 with c = 4 (Stable Diffusion's). VQ f = 4 uses c = 4 and 1,024
+        codes: with LDM's c = 3 and 256 codes (or 1,024) small stars lost their points and the
+        judge agreed on 97-98 % of reconstructions (docs/benchmarks.md, first stage); VQ f = 8
+        has 512 codes (each covers a patch four times larger)."""
         if kind not in REGULARIZERS:
             raise TinygenError(f"unknown --kind {kind!r}; choose kl or vq")
         if factor not in (4, 8):
@@ -152,9 +154,9 @@ class AutoencoderConfig:
             base_channels=16,
             channel_mult=(1, 1, 2) if factor == 4 else (1, 1, 2, 2),
             num_res_blocks=1,
-            latent_channels=3 if factor == 4 else 4,
+            latent_channels=3 if factor == 4 and kind == "kl" else 4,
             regularizer=kind,
-            num_embeddings=256 if factor == 4 else 512,
+            num_embeddings=1024 if factor == 4 else 512,
         )
         return dataclasses.replace(base, **changes)
 
