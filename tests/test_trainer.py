@@ -245,3 +245,18 @@ def test_max_minutes_stops_at_a_log_step_evaluates_saves_and_can_resume(tmp_path
         task, train_config(), tmp_path / "r", run_config=run_config, resume=True, progress=False
     ).fit()
     assert result.step == 40
+
+
+def test_a_resume_with_new_settings_records_them_in_config_json(tmp_path, text):
+    task, run_config = make_task(text)
+    config = train_config(max_iters=10)
+    Trainer(task, config, tmp_path / "r", run_config=run_config, progress=False).fit()
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    saved["scale_factor"] = 0.5  # a key a recipe adds after training is kept
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    task, run_config = make_task(text)
+    longer = train_config(max_iters=20)
+    Trainer(task, longer, tmp_path / "r", run_config=run_config, resume=True, progress=False).fit()
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["train"]["max_iters"] == 20 and config["scale_factor"] == 0.5
+    assert config["resumes"] == [{"step": 10, "changed": ["train.max_iters: saved 10, now 20"]}]

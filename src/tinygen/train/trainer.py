@@ -195,6 +195,27 @@ class Trainer:
             f"({'; '.join(changed)}); repeat the original command's flags with --resume"
         )
 
+    def _record_resume(self, step: int) -> None:
+        """config.json describes the run as it now trains: a resume may change the training
+        or data settings (a longer --max-iters, another --pair-fraction), never the model
+        (`_check_same_model_config`). What changed, and at which step, is appended to its
+        `resumes` list; keys the run added after training (a scale factor) are kept."""
+        path = self.run_dir / ckpt.CONFIG_FILE
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        now = json.loads(json.dumps(self._full_config()))
+        changed = [
+            line
+            for key in sorted(now)
+            if key not in ("model", "resumes") and key in saved
+            for line in config_differences(saved[key], now[key], key)
+        ]
+        merged = {**saved, **now, "resumes": list(saved.get("resumes", []))}
+        if changed:
+            merged["resumes"].append({"step": step, "changed": changed})
+        if not merged["resumes"]:
+            del merged["resumes"]
+        ckpt.write_json(path, merged)
+
     def _load_state(self) -> None:
         self._check_same_model_config()
         state = ckpt.load_state(self.run_dir / ckpt.STATE_FILE)
@@ -208,6 +229,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.best_val = float(state["best_val"])
+        if self.dist.is_main:
+            self._record_resume(self.step)
         self.data_gen.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
