@@ -33,6 +33,11 @@ from tinygen.train.ema import EMA
 from tinygen.train.lr import get_lr
 from tinygen.train.optim import make_optimizer
 from tinygen.train.plots import plot_loss
+from tinygen.train.resume_config import (  # noqa: F401 - config_differences: its old home
+    check_same_model_config,
+    config_differences,
+    record_resume,
+)
 
 
 @runtime_checkable
@@ -74,23 +79,6 @@ RUN_FILES = (
     ckpt.STATE_FILE,
     ckpt.METRICS_FILE,
 )
-
-
-def config_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """The fields where two saved model configs (JSON dicts, nested) differ, as
-    "field: saved X, now Y". A field the saved config lacks was added to tinygen after the
-    run was saved -- the run was trained with its default -- so it is not a difference (a
-    field that adds weights is still caught when the weights are loaded)."""
-    if not (isinstance(saved, dict) and isinstance(now, dict)):
-        return [] if saved == now else [f"{prefix}: saved {saved!r}, now {now!r}"]
-    changed = []
-    for key in sorted(saved):
-        name = f"{prefix}.{key}" if prefix else key
-        if key not in now:
-            changed.append(f"{name}: saved {saved[key]!r}, now absent")
-        else:
-            changed += config_differences(saved[key], now[key], name)
-    return changed
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -173,48 +161,7 @@ class Trainer:
         return {**self.run_config, "train": asdict(self.config), "world_size": self.dist.world_size}
 
     def _check_same_model_config(self) -> None:
-        """A resumed run must rebuild the model it saved: settings that hold no weights (a
-        noise schedule, an objective) would otherwise change silently mid-run."""
-        path = self.run_dir / ckpt.CONFIG_FILE
-        if not path.exists() or "model" not in self.run_config:
-            return
-        saved_config = json.loads(path.read_text())
-        if "model_type" in self.run_config:
-            ckpt.check_resume_kind(
-                self.run_dir, self.run_config["model_type"], saved_config.get("model_type")
-            )
-        saved = saved_config.get("model")
-        now = json.loads(json.dumps(self.run_config["model"]))  # tuples -> lists, as saved
-        if saved is None:
-            return
-        changed = config_differences(saved, now)
-        if not changed:
-            return
-        raise TinygenError(
-            f"cannot resume: {self.run_dir} was trained with a different model config "
-            f"({'; '.join(changed)}); repeat the original command's flags with --resume"
-        )
-
-    def _record_resume(self, step: int) -> None:
-        """config.json describes the run as it now trains: a resume may change the training
-        or data settings (a longer --max-iters, another --pair-fraction), never the model
-        (`_check_same_model_config`). What changed, and at which step, is appended to its
-        `resumes` list; keys the run added after training (a scale factor) are kept."""
-        path = self.run_dir / ckpt.CONFIG_FILE
-        saved = json.loads(path.read_text()) if path.exists() else {}
-        now = json.loads(json.dumps(self._full_config()))
-        changed = [
-            line
-            for key in sorted(now)
-            if key not in ("model", "resumes") and key in saved
-            for line in config_differences(saved[key], now[key], key)
-        ]
-        merged = {**saved, **now, "resumes": list(saved.get("resumes", []))}
-        if changed:
-            merged["resumes"].append({"step": step, "changed": changed})
-        if not merged["resumes"]:
-            del merged["resumes"]
-        ckpt.write_json(path, merged)
+        check_same_model_config(self.run_dir, self.run_config)
 
     def _load_state(self) -> None:
         self._check_same_model_config()
@@ -230,7 +177,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best_val = float(state["best_val"])
         if self.dist.is_main:
-            self._record_resume(self.step)
+            record_resume(self.run_dir, self._full_config(), self.step)
         self.data_gen.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
