@@ -24,7 +24,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = [row for d in args.reports for row in json.loads((d / "eval.json").read_text())]
     rows = [row for row in rows if row["guidance"] > 0]
-    plot_guidance(rows, args.out, title="GLIDE on shapes: CFG 1-5 vs CLIP guidance at CFG 1 (n = 256)")
+    title = "GLIDE on shapes: CFG 1-5 vs CLIP guidance at CFG 1 (n = 256)"
+    plot_guidance(rows, args.out, title=title)
     print(f"wrote {args.out} from {len(rows)} rows")
 
 
