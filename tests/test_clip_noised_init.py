@@ -71,7 +71,7 @@ def test_the_recipe_records_its_source_and_trains_from_it(clean_run, tmp_path):
     ).read_text()
 
 
-def test_a_different_model_or_the_wrong_kind_of_run_is_one_clear_error(clean_run, tmp_path):
+def test_a_different_model_or_the_wrong_kind_of_run_is_one_clear_error(clean_run, tmp_path, capsys):
     from tinygen.cli.main import main
 
     config = noised_config(dataclasses.replace(PRESETS["tiny"].model, vision_width=48), 100)
@@ -80,3 +80,7 @@ def test_a_different_model_or_the_wrong_kind_of_run_is_one_clear_error(clean_run
     with pytest.raises(TinygenError):
         warm_start(tmp_path / "nothing", config)
     assert main(["train", "clip", "--init-from", str(clean_run), "--out", str(tmp_path)]) == 2
+    assert "add --noised" in capsys.readouterr().err
+    missing = ["train", "clip", "--noised", "--init-from", str(tmp_path / "nothing")]
+    assert main([*missing, "--preset", "tiny", "--out", str(tmp_path / "n")]) == 2
+    assert "nothing" in capsys.readouterr().err

@@ -363,11 +363,11 @@ def train_clip(
     )
     if resume:
         load_resumable_config(out, "clip")
-    start = init() if init is not None and not resume else None
+    load_start = None
     if resume:
         tokenizer = load_caption_tokenizer(out)
-    elif start is not None:
-        tokenizer = start[0]
+    elif init is not None:
+        tokenizer, load_start = init()
     else:
         tokenizer = new_tokenizer(model_config, train.captions)
     model_config = dataclasses.replace(
@@ -375,8 +375,8 @@ def train_clip(
     )
     torch.manual_seed(train_config.seed)
     model = CLIP(model_config)
-    if start is not None:
-        start[1](model)
+    if load_start is not None:
+        load_start(model)
     shapes_eval = {"n_test": 1000, "seed": 0, "image_size": model_config.image_size}
     if make_task is None:
         task = CLIPTask(

@@ -15,6 +15,7 @@ zero-shot accuracy over the 48 (colour, shape) pairs at t = 0, T/4, T/2 and 3T/4
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch
@@ -173,15 +174,15 @@ def train_noised_clip(
 
     noise = {"beta_schedule": beta_schedule, "num_train_timesteps": num_train_timesteps}
     extras = {NOISE_KEY: noise}
+    config = noised_config(model_config, num_train_timesteps)
     init = None
     if init_from is not None:
         from tinygen.models.unclip import clip_fingerprint
 
+        init = functools.partial(warm_start, init_from, config)
         extras["init_from"] = {"run": str(init_from), "weights": clip_fingerprint(init_from)}
-        config = noised_config(model_config, num_train_timesteps)
-        init = lambda: warm_start(init_from, config)  # noqa: E731
     return train_clip(
-        noised_config(model_config, num_train_timesteps),
+        config,
         train_config,
         out,
         make_task=make_task,

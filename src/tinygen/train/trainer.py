@@ -160,11 +160,8 @@ class Trainer:
     def _full_config(self) -> dict:
         return {**self.run_config, "train": asdict(self.config), "world_size": self.dist.world_size}
 
-    def _check_same_model_config(self) -> None:
-        check_same_model_config(self.run_dir, self.run_config)
-
     def _load_state(self) -> None:
-        self._check_same_model_config()
+        check_same_model_config(self.run_dir, self.run_config)
         state = ckpt.load_state(self.run_dir / ckpt.STATE_FILE)
         missing = self.model.load_state_dict(state["model"], strict=False)
         if missing.unexpected_keys or any(
@@ -331,8 +328,10 @@ class Trainer:
     def _past(self, deadline: float) -> bool:
         """Whether this process is past its --max-minutes deadline; under torchrun the ranks
         agree (any rank past it stops all), so they stop at the same step."""
-        past = torch.tensor(float(time.perf_counter() >= deadline), device=self.device)
-        return bool(all_reduce_mean(past, self.dist).item() > 0)
+        past = time.perf_counter() >= deadline
+        if not self.dist.enabled:
+            return past
+        return bool(all_reduce_mean(torch.tensor(float(past), device=self.device), self.dist) > 0)
 
     def _draw_end_pictures(self) -> None:
         plot_loss(
