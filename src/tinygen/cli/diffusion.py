@@ -107,6 +107,20 @@ def register(commands) -> None:
                 default=0.1,
                 help="how often the label is dropped for CFG (default 0.1)",
             )
+        else:
+            train.add_argument(
+                "--clean",
+                action="store_true",
+                help="train on clean images only (t = 0): the first stage of a warm start",
+            )
+            train.add_argument(
+                "--init-from",
+                type=Path,
+                default=None,
+                metavar="CLEAN_RUN",
+                help="start from a classifier trained with --clean, the same at every t at "
+                "the first step (its time embedding held at t = 0's), then fine-tune on x_t",
+            )
         shapes, source = PRESETS["shapes"], "the shapes preset's"
         add_dataclass_flags(
             train,
@@ -179,6 +193,13 @@ def train_classifier(args: argparse.Namespace) -> int:
     )
     out = args.out or Path("runs/noisy-classifier")
     result = diffusion_recipes.train_noisy_classifier(
-        config, train_config, data, out, resume=args.resume, progress=not args.no_progress
+        config,
+        train_config,
+        data,
+        out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        clean=args.clean,
+        init_from=args.init_from,
     )
     return finish_training(result, out, f"guide with: --classifier {out}")

@@ -151,7 +151,7 @@ class NoisyClassifierTask:
 
     items_name = "images"
 
-    def __init__(self, model: NoisyClassifier, data: ImageData) -> None:
+    def __init__(self, model: NoisyClassifier, data: ImageData, *, clean: bool = False) -> None:
         if data.labels is None:
             raise TinygenError(
                 f"a noisy classifier needs labelled data; {data.source} has none "
@@ -162,13 +162,17 @@ class NoisyClassifierTask:
                 f"the data has {data.num_classes} classes but the classifier "
                 f"{model.config.num_classes}; pass --num-classes {data.num_classes}"
             )
-        self.model, self.data = model, data
+        self.model, self.data, self.clean = model, data, clean
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict:
+        """A batch of (x_0, label, t, eps); with `clean`, t = 0 throughout (the first stage
+        of the warm start, `recipes/noisy_classifier_init.py`)."""
         images, labels = self.data.draw(split, batch_size, generator)
         t, noise = draw_timesteps_and_noise(
             images.shape, self.model.config.num_train_timesteps, generator
         )
+        if self.clean:
+            t = torch.zeros_like(t)
         return {"x0": images, "labels": labels, "t": t, "noise": noise}
 
     def loss(self, model: nn.Module, batch: dict) -> Tensor:
@@ -225,17 +229,34 @@ def train_noisy_classifier(
     *,
     resume: bool = False,
     progress: bool = True,
+    clean: bool = False,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train a noisy classifier on `data` into the run directory `out`."""
+    """Train a noisy classifier on `data` into the run directory `out`.
+
+    clean: train on x_0 only (t = 0). init_from: a run trained with `clean` to start from,
+    its time embedding made constant (`recipes/noisy_classifier_init.py`); ignored on
+    resume, where the checkpoint holds the weights."""
     torch.manual_seed(train_config.seed)
     model = NoisyClassifier(config)
     run_config = {
         "model_type": "noisy-classifier",
         "model": dataclasses.asdict(config),
         "data": data.describe(),
+        "clean": clean,
     }
+    if init_from is not None:
+        from tinygen.models.unclip import clip_fingerprint  # (any run's weights file)
+        from tinygen.recipes.noisy_classifier_init import warm_start
+
+        if clean:
+            raise TinygenError("--init-from fine-tunes on noisy images; drop --clean")
+        load = warm_start(init_from, config)
+        run_config["init_from"] = {"run": str(init_from), "weights": clip_fingerprint(init_from)}
+        if not resume:
+            load(model)
     return fit(
-        NoisyClassifierTask(model, data),
+        NoisyClassifierTask(model, data, clean=clean),
         train_config,
         out,
         run_config,
