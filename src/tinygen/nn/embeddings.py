@@ -40,6 +40,17 @@ def sinusoidal_embedding(
     return emb
 
 
+def sinusoidal_embedding_2d(side: int, dim: int) -> Tensor:
+    """(side * side, dim) row-major grid embedding: the row's sinusoidal embedding in the
+    first dim // 2 channels, the column's in the rest (the 2-D form of Vaswani et al.'s)."""
+    grid = torch.arange(side)
+    rows = sinusoidal_embedding(grid, dim // 2, max_period=100.0)  # (side, dim // 2)
+    cols = sinusoidal_embedding(grid, dim - dim // 2, max_period=100.0)
+    return torch.cat(
+        [rows[:, None].expand(side, side, -1), cols[None, :].expand(side, side, -1)], dim=-1
+    ).reshape(side * side, dim)
+
+
 class PatchEmbedding(nn.Module):
     """Split an image into non-overlapping patches and project each to `dim` (ViT)."""
 

@@ -26,12 +26,15 @@ classifier guidance) and, soon, the autoencoder of latent diffusion, so each exi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
 from tinygen.nn.attention import Attention
+from tinygen.nn.embeddings import sinusoidal_embedding_2d
 
 
 def norm_groups_for(channels: int, max_groups: int) -> int:
@@ -109,6 +112,7 @@ class AttentionBlock(nn.Module):
         dropout: float,
         context_mode: str = "cross_attention",
         eps: float = 1e-5,
+        position_side: int = 0,
     ) -> None:
         super().__init__()
         if context_mode not in CONTEXT_MODES:
@@ -126,6 +130,11 @@ class AttentionBlock(nn.Module):
             zero_module(self.cross_attn.out_proj)
         elif context_dim is not None:
             self.encoder_kv = nn.Linear(context_dim, 2 * channels)  # GLIDE's 1x1 conv
+        # position_side > 0: a learned embedding of the (side x side) pixel grid on the
+        # attention input, started at the 2-D sinusoids, so each query knows its place
+        self.position = None
+        if position_side:
+            self.position = nn.Parameter(sinusoidal_embedding_2d(position_side, channels))
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
@@ -134,6 +143,14 @@ class AttentionBlock(nn.Module):
         real tokens (S may be 0: no tokens, plain self-attention)."""
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        if self.position is not None:
+            if h * w != self.position.shape[0]:
+                side = math.isqrt(self.position.shape[0])
+                raise TinygenError(
+                    f"this attention block embeds the positions of a {side}x{side} feature "
+                    f"map (attention_positions), got {h}x{w}: sample at the trained size"
+                )
+            tokens = tokens + self.position.to(tokens.dtype)
         if (self.cross_attn is not None or self.encoder_kv is not None) and context is None:
             raise TinygenError("this U-Net is conditioned on context tokens and needs them")
         prefix, mask = None, None

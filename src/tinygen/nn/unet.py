@@ -138,6 +138,13 @@ class UNetConfig:
     norm_eps: float = field(
         default=1e-5, metadata={"help": "GroupNorm epsilon of the residual blocks", "above": 0}
     )
+    attention_positions: bool = field(
+        default=False,
+        metadata={
+            "help": "adm attention: a learned pixel-position embedding on its input, so a "
+            "pixel's query knows its place (to bind caption words to places)"
+        },
+    )
 
     def __post_init__(self) -> None:
         # configs read back from JSON carry lists
@@ -207,6 +214,8 @@ def attention_block(
     """The attention block of `config.attention_type` for a feature map at `level`."""
     c = config
     if c.attention_type == "transformer":
+        if c.attention_positions:
+            raise TinygenError("attention_positions is for the adm attention block")
         return SpatialTransformer(
             channels,
             c.heads_at(level),
@@ -223,6 +232,7 @@ def attention_block(
         context_mode=c.context_mode,
         norm_groups=c.norm_groups,
         dropout=c.dropout,
+        position_side=c.image_size // 2**level if c.attention_positions else 0,
     )
 
 
