@@ -13,17 +13,10 @@ import torch
 from tinygen.errors import TinygenError
 from tinygen.nn.embeddings import sinusoidal_embedding, sinusoidal_embedding_2d
 from tinygen.nn.resnet import AttentionBlock
-from tinygen.nn.unet import UNet, UNetConfig
+from tinygen.nn.unet import UNet
+from tinygen.recipes.diffusion import PRESETS
 
-CONFIG = UNetConfig(
-    image_size=16,
-    base_channels=16,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(8,),
-    head_channels=16,
-    norm_groups=8,
-)
+CONFIG = PRESETS["tiny"].model.unet  # 16 px, attention at 8x8 and in the middle
 
 
 def test_grid_embedding_is_row_then_column_sinusoids():

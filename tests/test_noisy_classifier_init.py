@@ -5,6 +5,7 @@ t, records where it came from, and a wrong source run is one clear error."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -13,41 +14,20 @@ from tinygen.cli.main import main
 from tinygen.errors import TinygenError
 from tinygen.models.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from tinygen.models.runs import load_model
-from tinygen.nn.unet import UNetConfig
-from tinygen.recipes.diffusion import NoisyClassifierTask
+from tinygen.recipes.diffusion import PRESETS, NoisyClassifierTask
 from tinygen.recipes.noisy_classifier_init import freeze_time_embedding, warm_start
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = [
-    "--preset",
-    "tiny",
-    "--image-size",
-    "16",
-    "--n-train",
-    "256",
-    "--max-iters",
-    "4",
-    "--eval-interval",
-    "4",
-    "--eval-iters",
-    "1",
-    "--num-train-timesteps",
-    "20",
-    "--no-progress",
-]
+# a tiny run: the tiny preset at 16 px, 4 steps on 256 images, 20 noise levels
+TINY = shlex.split(
+    "--preset tiny --image-size 16 --n-train 256 --max-iters 4 --eval-interval 4 "
+    "--eval-iters 1 --num-train-timesteps 20 --no-progress"
+)
 
 
 def _tiny_classifier() -> NoisyClassifier:
-    unet = UNetConfig(
-        image_size=16,
-        base_channels=16,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        head_channels=16,
-        norm_groups=8,
-    )
+    unet = PRESETS["tiny"].model.unet
     torch.manual_seed(0)
     model = NoisyClassifier(NoisyClassifierConfig(unet=unet, num_train_timesteps=20))
     with torch.no_grad():  # as if trained: the zero-initialised layers (t's way in) are not
