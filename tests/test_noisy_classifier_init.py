@@ -84,6 +84,15 @@ def test_init_from_a_clean_run_starts_as_it_and_records_it(tmp_path):
     assert recorded["init_from"]["run"] == str(clean)
     assert len(recorded["init_from"]["weights"]) > 32
 
+    # a resume reads the checkpoint, not the source run (which may be gone), and keeps the record
+    more = [a if a != "4" else "6" for a in TINY]  # --max-iters 6 (and --eval-interval 6)
+    (clean / "best.safetensors").unlink()
+    (clean / "model.safetensors").unlink()
+    assert main(["train", "noisy-classifier", "--resume", "--out", str(tuned), *more]) == 0
+    resumed = json.loads((tuned / "config.json").read_text())
+    assert resumed["init_from"] == recorded["init_from"]
+    assert resumed["train"]["max_iters"] == 6
+
 
 def test_init_from_errors(tmp_path, capsys):
     noisy, diffusion = tmp_path / "noisy", tmp_path / "diffusion"

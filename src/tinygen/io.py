@@ -18,6 +18,7 @@ safetensors and `tinygen.errors`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -159,6 +160,19 @@ def model_weights_path(run_dir: str | Path, which: str = "best") -> Path:
         f"{run_dir} has no checkpoint ({MODEL_FILE} missing); train it first "
         "(tinygen train ...) or pass the right --run"
     )
+
+
+def weights_fingerprint(run_dir: str | Path) -> str:
+    """sha256 of a run's loaded weights file (best.safetensors, else model.safetensors), with
+    its size: what runs built on another run (an embedding cache, a warm start) record. The
+    whole file is hashed (a few MB at our scale), not its mtime, so a copied run keeps its
+    fingerprint and a retrained one changes it."""
+    path = model_weights_path(run_dir, "best")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.stat().st_size}-{digest.hexdigest()[:32]}"
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")

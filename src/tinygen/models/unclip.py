@@ -20,7 +20,6 @@ the prior's and the decoder's config.json at training time) and the same embeddi
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from collections.abc import Callable
@@ -43,16 +42,9 @@ PRIOR_TYPE, DECODER_TYPE = "unclip-prior", "unclip-decoder"
 
 
 def clip_fingerprint(clip_run: str | Path) -> str:
-    """sha256 of the CLIP run's loaded weights file (best.safetensors, else model.safetensors),
-    with its size: what the embedding caches and the prior/decoder runs are keyed by. The whole
-    file is hashed (a few MB at our scale), not its mtime, so a copied run keeps its
-    fingerprint and a retrained one changes it."""
-    path = io.model_weights_path(clip_run, "best")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{path.stat().st_size}-{digest.hexdigest()[:32]}"
+    """The CLIP run's `io.weights_fingerprint`: what the embedding caches and the
+    prior/decoder runs are keyed by."""
+    return io.weights_fingerprint(clip_run)
 
 
 def slerp(a: Tensor, b: Tensor, weight: float | Tensor) -> Tensor:

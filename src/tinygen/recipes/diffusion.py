@@ -235,8 +235,8 @@ def train_noisy_classifier(
     """Train a noisy classifier on `data` into the run directory `out`.
 
     clean: train on x_0 only (t = 0). init_from: a run trained with `clean` to start from,
-    its time embedding made constant (`recipes/noisy_classifier_init.py`); ignored on
-    resume, where the checkpoint holds the weights."""
+    its time embedding made constant (`recipes/noisy_classifier_init.py`); not read on
+    resume, where the checkpoint holds the weights and config.json the record."""
     torch.manual_seed(train_config.seed)
     model = NoisyClassifier(config)
     run_config = {
@@ -245,16 +245,14 @@ def train_noisy_classifier(
         "data": data.describe(),
         "clean": clean,
     }
-    if init_from is not None:
-        from tinygen.models.unclip import clip_fingerprint  # (any run's weights file)
+    if init_from is not None and clean:
+        raise TinygenError("--init-from fine-tunes on noisy images; drop --clean")
+    if init_from is not None and not resume:  # (a resume keeps the record in config.json)
+        from tinygen.io import weights_fingerprint
         from tinygen.recipes.noisy_classifier_init import warm_start
 
-        if clean:
-            raise TinygenError("--init-from fine-tunes on noisy images; drop --clean")
-        load = warm_start(init_from, config)
-        run_config["init_from"] = {"run": str(init_from), "weights": clip_fingerprint(init_from)}
-        if not resume:
-            load(model)
+        warm_start(init_from, config)(model)
+        run_config["init_from"] = {"run": str(init_from), "weights": weights_fingerprint(init_from)}
     return fit(
         NoisyClassifierTask(model, data, clean=clean),
         train_config,
