@@ -66,6 +66,14 @@ def register(commands) -> None:
     add_schedule_flags(train)
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/glide)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="GLIDE_RUN",
+        help="start from this GLIDE run's weights (same network; e.g. to fine-tune it with "
+        "--layout-weight); the optimizer and schedule start afresh",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     shapes, source = presets["shapes"], "the shapes preset's"
     add_dataclass_flags(
@@ -113,7 +121,13 @@ def train_glide(args: argparse.Namespace) -> int:
     )
     out = args.out or Path("runs/glide-inpaint" if args.inpainting else "runs/glide")
     result = glide_recipes.train_glide(
-        config, train_config, data, out, resume=args.resume, progress=not args.no_progress
+        config,
+        train_config,
+        data,
+        out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        init_from=args.init_from,
     )
     verb = "tinygen inpaint" if args.inpainting else "tinygen generate"
     return finish_training(result, out, f"try: {verb} --run {out} --prompt 'a red circle'")

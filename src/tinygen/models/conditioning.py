@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from tinygen.errors import TinygenError
 from tinygen.fields import check_fields
+from tinygen.models.caption_layout import CaptionLayoutHead
 from tinygen.nn.transformer import Block
 
 
@@ -191,6 +192,15 @@ class TextConditionerConfig:
             "choices": TEXT_POOLINGS,
         },
     )
+    layout_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of an auxiliary loss that reads the scene's layout (what is at "
+            "each of the five places) from the pooled caption feature; 0 = none, GLIDE's "
+            "(models/caption_layout.py)",
+            "min": 0,
+        },
+    )
 
     def validate(self) -> None:
         check_fields(self)
@@ -231,6 +241,8 @@ class TextConditioner(nn.Module):
         self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.width) * 0.01)
         self.blocks = nn.ModuleList(Block(c.width, c.heads) for _ in range(c.layers))
         self.ln_final = nn.LayerNorm(c.width)
+        # a training aid only (caption_layout.py); absent, and no weights, when the weight is 0
+        self.layout_head = CaptionLayoutHead(c.width) if c.layout_weight > 0 else None
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """tokens (B, T) int64 -> (pooled feature (B, width), token features (B, T, width))."""

@@ -13,6 +13,7 @@ show, so that prompts may leave attributes open), the Trainer task and the prese
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +22,12 @@ from torch import Tensor, nn
 
 from tinygen.data.caption_tokenizer import CaptionTokenizer
 from tinygen.data.inpainting_masks import training_masks
-from tinygen.data.shapes import ATTRIBUTES_ALL, ShapesBatch, generate_shapes
+from tinygen.data.shapes import ATTRIBUTES_ALL, ShapesBatch, generate_shapes, slot_labels
 from tinygen.data.shapes_prompts import canonical_pair_prompt, canonical_prompt
 from tinygen.diffusion.objective import draw_timesteps_and_noise
 from tinygen.errors import TinygenError
 from tinygen.fields import check_fields
+from tinygen.models.caption_layout import layout_loss
 from tinygen.models.conditioning import TextConditionerConfig
 from tinygen.models.diffusion import DiffusionConfig, DiffusionModel
 from tinygen.recipes.common import Preset, fit
@@ -88,8 +90,9 @@ def partial_caption(batch: ShapesBatch, i: int, generator: torch.Generator) -> s
 
 def captioned_batch(data: CaptionData, split: str, batch_size: int, seed: int) -> ShapesBatch:
     """Fresh images of `split` ("train" or "val": neither shows the held-out pairs), the
-    two-object scenes after the one-object ones, each with its training caption (labels are
-    left out: the task needs none)."""
+    two-object scenes after the one-object ones, each with its training caption. labels:
+    the layout per place (`slot_labels`: "occupied", "color", "shape", "size", each (N, 5))
+    and "known" (N,), False where the caption leaves size or position unsaid."""
     n_pairs = round(batch_size * data.pair_fraction)
     parts = []
     if batch_size - n_pairs:
@@ -105,15 +108,20 @@ def captioned_batch(data: CaptionData, split: str, batch_size: int, seed: int) -
             )
         )
     gen = torch.Generator().manual_seed(seed)
-    captions = []
+    captions, known = [], []
     for part in parts:
         for i in range(len(part)):
             partial = float(torch.rand(1, generator=gen)) < data.partial_prob
             captions.append(partial_caption(part, i, gen) if partial else part.captions[i])
+            known.append(not partial)
+    slots = [slot_labels(p.labels) for p in parts]
+    labels = {k: torch.cat([s[k] for s in slots]) for k in slots[0]}
+    labels["known"] = torch.tensor(known)
     # object masks as (N, 2, H, W): a one-object image repeats its one object
     masks = [p.masks if p.masks.shape[1] == 2 else p.masks.repeat(1, 2, 1, 1) for p in parts]
     images = torch.cat([p.images for p in parts])
-    return ShapesBatch(images, captions, sum((p.prompts for p in parts), []), {}, torch.cat(masks))
+    prompts = sum((p.prompts for p in parts), [])
+    return ShapesBatch(images, captions, prompts, labels, torch.cat(masks))
 
 
 class GlideTask:
@@ -144,13 +152,23 @@ class GlideTask:
         if config.inpainting:
             mask = training_masks(batch.masks, generator)
             out.update(mask=mask, masked_image=batch.images * (1 - mask))
+        if config.text.layout_weight > 0:
+            out["layout"] = batch.labels
         return out
 
     def loss(self, model: nn.Module, batch: dict) -> Tensor:
         cond = {k: batch[k] for k in ("tokens", "masked_image", "mask") if k in batch}
-        return self.model.training_loss(
+        loss = self.model.training_loss(
             batch["x0"], batch["noise"], batch["t"], cond, batch["drop"], forward=model
         )
+        if "layout" in batch:
+            # the text encoder again, on every caption (dropped ones too: the drop is the
+            # U-Net's lesson); it is small next to the U-Net
+            text = self.model.conditioner
+            logits = text.layout_head(text(batch["tokens"])[0])
+            aux = layout_loss(logits, batch["layout"], batch["layout"]["known"])
+            loss = loss + self.model.config.text.layout_weight * aux
+        return loss
 
     def on_end(self, model: nn.Module, run_dir: str | Path) -> None:
         """A grid of DDIM-25 samples at guidance 3 for a few canonical prompts."""
@@ -236,6 +254,52 @@ def preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def _flat(model_config: dict, prefix: str = "") -> dict:
+    """A nested model config as {"unet.base_channels": 32, ...}."""
+    out = {}
+    for key, value in model_config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def warm_start(source_run: str | Path, config: DiffusionConfig):
+    """load(model) that copies the weights of the GLIDE run `source_run` (the ones
+    `generate` loads) into a fresh model of the same network; only the layout head
+    (`text.layout_weight`, caption_layout.py) may differ, and starts as initialised. One
+    clear error for a run of another kind or another network."""
+    from tinygen.models.runs import load_model
+
+    source, run_config = load_model(source_run, expect=MODEL_TYPE)
+    # both through JSON, so tuples and lists compare; fields newer than the source run
+    # read as their defaults, as when the run is loaded
+    here, there = (
+        _flat(json.loads(json.dumps(dataclasses.asdict(c)))) for c in (config, source.config)
+    )
+    differ = [
+        f"{key}: {there.get(key)!r} there, {value!r} here"
+        for key, value in here.items()
+        if key != "text.layout_weight" and there.get(key) != value
+    ]
+    if differ:
+        raise TinygenError(
+            f"--init-from {source_run}: its network differs from the one asked for ("
+            + "; ".join(differ)
+            + "); drop the model flags, or give the values of that run"
+        )
+    state = {k: v for k, v in source.state_dict().items() if ".layout_head." not in k}
+
+    def load(model: DiffusionModel) -> None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        new = [k for k in missing if ".layout_head." not in k]
+        if new or unexpected:  # pragma: no cover - the configs above are equal
+            raise TinygenError(f"--init-from {source_run}: weights do not fit ({new + unexpected})")
+
+    return load
+
+
 def train_glide(
     config: DiffusionConfig,
     train_config: TrainConfig,
@@ -244,8 +308,13 @@ def train_glide(
     *,
     resume: bool = False,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train a GLIDE model into the run directory `out` (its tokenizer saved beside it)."""
+    """Train a GLIDE model into the run directory `out` (its tokenizer saved beside it).
+
+    init_from: a GLIDE run of the same network to start from (its weights; the optimizer,
+    the step count and the schedule start afresh), e.g. to fine-tune it with
+    `layout_weight`. A resumed run keeps the record in config.json and reads only `out`."""
     data.validate()
     if config.unet.image_size != data.image_size:
         raise TinygenError(
@@ -263,6 +332,11 @@ def train_glide(
         "model": dataclasses.asdict(config),
         "data": {"world": "shapes", **dataclasses.asdict(data)},
     }
+    if init_from is not None and not resume:
+        from tinygen.io import weights_fingerprint
+
+        warm_start(init_from, config)(model)
+        run_config["init_from"] = {"run": str(init_from), "weights": weights_fingerprint(init_from)}
     return fit(
         GlideTask(model, tokenizer, data),
         train_config,
