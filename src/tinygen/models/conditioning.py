@@ -192,6 +192,14 @@ class TextConditionerConfig:
             "choices": TEXT_POOLINGS,
         },
     )
+    position_std: float = field(
+        default=1.0,
+        metadata={
+            "help": "standard deviation of the learned position embedding at init, beside "
+            "the token embedding's 1 (runs before 2026-12-01's last session: 0.01)",
+            "above": 0,
+        },
+    )
     layout_weight: float = field(
         default=0.0,
         metadata={
@@ -238,7 +246,11 @@ class TextConditioner(nn.Module):
         self.config = c = config
         self.drop_prob = c.drop_prob
         self.token_emb = nn.Embedding(c.vocab_size, c.width)
-        self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.width) * 0.01)
+        # positions start at the tokens' scale (nn.Embedding draws N(0, 1)): started 100x
+        # smaller, they stayed too faint for the encoder to learn which phrase a word is in,
+        # and with it which object a colour belongs to (docs/benchmarks.md, section glide,
+        # "Where binding fails")
+        self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.width) * c.position_std)
         self.blocks = nn.ModuleList(Block(c.width, c.heads) for _ in range(c.layers))
         self.ln_final = nn.LayerNorm(c.width)
         # a training aid only (caption_layout.py); absent, and no weights, when the weight is 0
