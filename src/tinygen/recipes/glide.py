@@ -265,6 +265,10 @@ def _flat(model_config: dict, prefix: str = "") -> dict:
     return out
 
 
+# fields that change how a fresh model starts or trains, not its network
+INIT_ONLY = ("text.layout_weight", "text.position_std")
+
+
 def warm_start(source_run: str | Path, config: DiffusionConfig):
     """load(model) that copies the weights of the GLIDE run `source_run` (the ones
     `generate` loads) into a fresh model of the same network; only the layout head
@@ -281,7 +285,7 @@ def warm_start(source_run: str | Path, config: DiffusionConfig):
     differ = [
         f"{key}: {there.get(key)!r} there, {value!r} here"
         for key, value in here.items()
-        if key != "text.layout_weight" and there.get(key) != value
+        if key not in INIT_ONLY and there.get(key) != value
     ]
     if differ:
         raise TinygenError(
