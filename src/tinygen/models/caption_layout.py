@@ -48,15 +48,13 @@ def layout_loss(logits: dict[str, Tensor], labels: dict[str, Tensor], known: Ten
     """Mean cross-entropy over places and attributes of the captions with `known` (B,) True.
 
     labels: "occupied" (B, 5) in {0, 1} and "color"/"shape"/"size" (B, 5), IGNORE where the
-    place is empty (`data.shapes.slot_labels`). Zero (with a gradient path) when no caption
-    of the batch is known."""
-    total = logits["occupied"].sum() * 0.0
-    if not bool(known.any()):
-        return total
+    place is empty (`data.shapes.slot_labels`). Each attribute's term is averaged over its
+    labelled entries (zero, with a gradient path, when it has none), without a host sync."""
+    total = logits["occupied"].new_zeros(())
     for name in LAYOUT_CLASSES:
-        target = labels[name][known].flatten()
-        if bool((target != IGNORE).any()):
-            total = total + F.cross_entropy(
-                logits[name][known].flatten(0, 1).float(), target, ignore_index=IGNORE
-            )
+        target = labels[name].masked_fill(~known[:, None], IGNORE).flatten()
+        summed = F.cross_entropy(
+            logits[name].flatten(0, 1).float(), target, ignore_index=IGNORE, reduction="sum"
+        )
+        total = total + summed / (target != IGNORE).sum().clamp(min=1)
     return total / len(LAYOUT_CLASSES)

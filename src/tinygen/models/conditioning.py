@@ -196,7 +196,7 @@ class TextConditionerConfig:
         default=1.0,
         metadata={
             "help": "standard deviation of the learned position embedding at init, beside "
-            "the token embedding's 1 (runs before 2026-12-01's last session: 0.01)",
+            "the token embedding's 1 (runs trained before this option existed: 0.01)",
             "above": 0,
         },
     )

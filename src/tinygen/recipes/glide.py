@@ -163,7 +163,8 @@ class GlideTask:
         )
         if "layout" in batch:
             # the text encoder again, on every caption (dropped ones too: the drop is the
-            # U-Net's lesson); it is small next to the U-Net
+            # U-Net's lesson); it is small next to the U-Net. (Measured single-process only,
+            # not under torchrun.)
             text = self.model.conditioner
             logits = text.layout_head(text(batch["tokens"])[0])
             aux = layout_loss(logits, batch["layout"], batch["layout"]["known"])
