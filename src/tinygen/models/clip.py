@@ -71,6 +71,16 @@ class VisionTransformer(nn.Module):
 
     With `num_timesteps == 0` (the default) there is no timestep input: the parameters,
     their names and the outputs are those of the clean tower.
+
+    With `stem_channels > 0`, a convolutional stem: one `stem_kernel` x `stem_kernel`
+    convolution at full resolution, GELU, its feature maps concatenated to the pixels before
+    the patch embedding. "Early convolutions help transformers see better" (Xiao et al.
+    2021); here the reason is noise: at half the diffusion steps a small object's shape is a
+    faint pattern spread over four patches, and a kernel as wide as the object is a learned
+    bank of matched filters, which a 4x4 patch's linear map is not (docs/benchmarks.md,
+    section glide, "The noised CLIP"). Concatenated rather than replacing the pixels so that
+    a clean ViT's weights carry over exactly: the patch embedding's columns for the stem's
+    channels start at zero (`recipes/clip_noised.py: warm_start`).
     """
 
     def __init__(
@@ -88,8 +98,14 @@ class VisionTransformer(nn.Module):
         activation: str = "gelu",
         norm_eps: float = 1e-5,
         mlp_dim: int | None = None,
+        stem_channels: int = 0,
+        stem_kernel: int = 9,
     ) -> None:
         super().__init__()
+        if stem_channels and stem_kernel % 2 == 0:
+            raise TinygenError(
+                f"the stem's kernel must be odd (it keeps the size), got {stem_kernel}"
+            )
         if num_timesteps < 0:
             raise TinygenError(
                 f"num_timesteps must be 0 (no timestep) or positive, got {num_timesteps}"
@@ -97,7 +113,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbedding(
             image_size=image_size,
             patch_size=patch_size,
-            in_channels=in_channels,
+            in_channels=in_channels + stem_channels,
             dim=width,
             bias=patch_bias,
         )
@@ -113,6 +129,9 @@ class VisionTransformer(nn.Module):
         self.num_timesteps = num_timesteps
         # created last, so a tower with timesteps draws the clean tower's initial weights
         self.time_embedding = nn.Linear(width, width) if num_timesteps > 0 else None
+        self.stem = None
+        if stem_channels:
+            self.stem = nn.Conv2d(in_channels, stem_channels, stem_kernel, padding=stem_kernel // 2)
 
     @classmethod
     def from_config(cls, config: CLIPConfig) -> VisionTransformer:
@@ -129,6 +148,8 @@ class VisionTransformer(nn.Module):
             activation=config.activation,
             norm_eps=config.norm_eps,
             mlp_dim=config.vision_mlp_dim or None,
+            stem_channels=config.vision_stem_channels,
+            stem_kernel=config.vision_stem_kernel,
         )
 
     def _timestep_embedding(self, t: Tensor | int | None, batch: int, device) -> Tensor:
@@ -156,6 +177,8 @@ class VisionTransformer(nn.Module):
                 "this ViT takes no timestep (num_timesteps=0); pass t only to a noised CLIP "
                 "(CLIPConfig.num_timesteps > 0)"
             )
+        if self.stem is not None:
+            images = torch.cat([images, F.gelu(self.stem(images))], dim=1)
         x = self.patch_embed(images)  # (B, P, width)
         cls = self.class_token.expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.pos_embedding  # (B, P+1, width)

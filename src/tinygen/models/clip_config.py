@@ -26,6 +26,17 @@ class CLIPConfig:
     vision_width: int = field(default=128, metadata={"help": "ViT width", "min": 1})
     vision_layers: int = field(default=4, metadata={"help": "ViT blocks", "min": 1})
     vision_heads: int = field(default=4, metadata={"help": "ViT attention heads", "min": 1})
+    vision_stem_channels: int = field(
+        default=0,
+        metadata={
+            "help": "ViT: channels of a full-resolution conv stem joined to the pixels "
+            "(for noisy images); 0 = none",
+            "min": 0,
+        },
+    )
+    vision_stem_kernel: int = field(
+        default=9, metadata={"help": "kernel size of that stem (odd)", "min": 1}
+    )
     resnet_width: int = field(default=32, metadata={"help": "ResNet channels of stage 1", "min": 1})
     resnet_layers: list[int] = field(
         default_factory=lambda: [1, 1, 1],
@@ -103,6 +114,13 @@ class CLIPConfig:
                 f"--image-size {self.image_size}: each stage after the first "
                 "halves the image; give fewer stages"
             )
+        if self.vision_stem_channels and self.vision_stem_kernel % 2 == 0:
+            raise TinygenError(
+                f"--vision-stem-kernel {self.vision_stem_kernel} must be odd (the stem keeps "
+                "the image size)"
+            )
+        if self.vision_stem_channels and self.image_tower != "vit":
+            raise TinygenError("--vision-stem-channels is a ViT option; use --image-tower vit")
         if self.num_timesteps and self.image_tower != "vit":
             raise TinygenError(
                 "a noised CLIP (--num-timesteps > 0) needs --image-tower vit; the ResNet "

@@ -106,18 +106,42 @@ def noised_config(model_config: CLIPConfig, num_train_timesteps: int) -> CLIPCon
 
 
 # what may differ between a clean CLIP and the noised CLIP fine-tuned from it
-_INIT_FREE_FIELDS = ("num_timesteps", "vocab_size", "context_length")
+_INIT_FREE_FIELDS = (
+    "num_timesteps",
+    "vocab_size",
+    "context_length",
+    "vision_stem_channels",
+    "vision_stem_kernel",
+)
+_PATCH = "visual.patch_embed.proj.weight"
+
+
+def _clean_tower_weights(source: dict, target: dict) -> dict:
+    """The clean CLIP's weights in the noised CLIP's layout: with a conv stem the patch
+    embedding also reads the stem's channels, and its columns for them start at zero, so
+    the stem adds nothing at step 0 but still receives a gradient."""
+    weights = dict(source)
+    clean, wanted = weights.get(_PATCH), target.get(_PATCH)
+    if clean is not None and wanted is not None and clean.shape != wanted.shape:
+        if clean.shape[0] != wanted.shape[0] or clean.shape[2:] != wanted.shape[2:]:
+            return weights  # a different ViT: load_state_dict names the mismatch
+        patch = torch.zeros_like(wanted)
+        patch[:, : clean.shape[1]] = clean
+        weights[_PATCH] = patch
+    return weights
 
 
 def warm_start(clip_run: str | Path, model_config: CLIPConfig):
     """init() for `train_clip`: start a noised CLIP from the trained CLIP in `clip_run`.
 
     The noised tower's parameters are the clean tower's plus `time_embedding.*` (see
-    `models/clip.py: VisionTransformer`); that layer starts at zero, so at step 0 the noised
-    CLIP *is* the clean one at every t, and fine-tuning on x_t only has to learn what noise
-    changes. Trained from scratch on x_t, our CLIP learns colour first and shape only after
-    thousands of steps (docs/benchmarks.md, section glide); the clean CLIP already tells the
-    48 pairs apart. The vocabulary is the clean run's (the text tower's embedding rows).
+    `models/clip.py: VisionTransformer`) and, with a conv stem, `stem.*` and the patch
+    embedding's columns for the stem's channels; the timestep layer and those columns start
+    at zero, so at step 0 the noised CLIP *is* the clean one at every t, and fine-tuning on
+    x_t only has to learn what noise changes. Trained from scratch on x_t, our CLIP learns
+    colour first and shape only after thousands of steps (docs/benchmarks.md, section
+    glide); the clean CLIP already tells the 48 pairs apart. The vocabulary is the clean
+    run's (the text tower's embedding rows).
     """
     from tinygen.data.caption_tokenizer import load_caption_tokenizer
     from tinygen.models.runs import load_model
@@ -139,8 +163,10 @@ def warm_start(clip_run: str | Path, model_config: CLIPConfig):
     tokenizer = load_caption_tokenizer(clip_run)
 
     def load(model: nn.Module) -> None:
-        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-        foreign = [k for k in missing if ".time_embedding." not in f".{k}"]
+        weights = _clean_tower_weights(source.state_dict(), model.state_dict())
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        new = (".time_embedding.", ".stem.")
+        foreign = [k for k in missing if not any(part in f".{k}" for part in new)]
         if foreign or unexpected:
             raise TinygenError(
                 f"--init-from {clip_run}: weights do not fit (missing {foreign[:3]}, "
@@ -148,8 +174,8 @@ def warm_start(clip_run: str | Path, model_config: CLIPConfig):
             )
         with torch.no_grad():
             for name, param in model.named_parameters():
-                if name in missing:
-                    param.zero_()
+                if name in missing and ".time_embedding." in f".{name}":
+                    param.zero_()  # the stem keeps its random init: its features are needed
 
     return tokenizer, load
 
