@@ -72,8 +72,12 @@ def scenes(n: int, seed: int) -> dict[str, torch.Tensor]:
 def render_as(s: dict[str, torch.Tensor], kind: torch.Tensor) -> torch.Tensor:
     """The scenes of `s` with every object drawn as shape `kind` (n,): (n, 3, S, S) in [-1, 1]."""
     images, _ = render(
-        kind.unsqueeze(1), s["centres"].unsqueeze(1), s["radii"].unsqueeze(1),
-        s["colours"].unsqueeze(1), s["bg"], SIZE,
+        kind.unsqueeze(1),
+        s["centres"].unsqueeze(1),
+        s["radii"].unsqueeze(1),
+        s["colours"].unsqueeze(1),
+        s["bg"],
+        SIZE,
     )
     return images
 
