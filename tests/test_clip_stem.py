@@ -81,7 +81,27 @@ def test_a_clean_clip_warm_starts_a_stemmed_noised_clip_exactly_and_the_stem_lea
     torch.testing.assert_close(patch[:, :3], clean.visual.patch_embed.proj.weight)
     assert (patch[:, 3:] == 0).all()
     assert noised.visual.stem.weight.abs().sum() > 0
-    # so the stem's columns receive a gradient at step 0, and the stem one step later
+    # so the stem's columns receive a gradient at step 0 (the stem itself once they move)
     noised.train()
     noised.encode_image(images, t).pow(2).sum().backward()
     assert patch.grad[:, 3:].abs().sum() > 0
+
+
+def test_a_stemmed_source_keeps_its_stem_or_is_one_clear_error(tmp_path):
+    preset = PRESETS["tiny"]
+    stemmed = dataclasses.replace(preset.model, vision_stem_channels=4, vision_stem_kernel=3)
+    train = dataclasses.replace(preset.train, max_iters=1)
+    run = tmp_path / "stemmed"
+    train_clip(stemmed, train, run, train_size=64, val_size=16, progress=False)
+    clean, tokenizer, _ = load_clip(run)
+    sizes = dict(vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length)
+    same = noised_config(dataclasses.replace(stemmed, **sizes), 100)
+    _, load = warm_start(run, same)
+    noised = CLIP(same).eval()
+    load(noised)
+    images = torch.rand(2, 3, same.image_size, same.image_size) * 2 - 1
+    torch.testing.assert_close(noised.encode_image(images, 5), clean.encode_image(images))
+    for other in (dict(vision_stem_channels=0), dict(vision_stem_channels=8)):
+        config = noised_config(dataclasses.replace(stemmed, **sizes, **other), 100)
+        with pytest.raises(TinygenError, match="vision_stem_channels"):
+            warm_start(run, config)

@@ -106,13 +106,9 @@ def noised_config(model_config: CLIPConfig, num_train_timesteps: int) -> CLIPCon
 
 
 # what may differ between a clean CLIP and the noised CLIP fine-tuned from it
-_INIT_FREE_FIELDS = (
-    "num_timesteps",
-    "vocab_size",
-    "context_length",
-    "vision_stem_channels",
-    "vision_stem_kernel",
-)
+_INIT_FREE_FIELDS = ("num_timesteps", "vocab_size", "context_length")
+# a stem may be added to a stemless CLIP (its columns start at zero); one it has is kept
+_STEM_FIELDS = ("vision_stem_channels", "vision_stem_kernel")
 _PATCH = "visual.patch_embed.proj.weight"
 
 
@@ -123,9 +119,7 @@ def _clean_tower_weights(source: dict, target: dict) -> dict:
     weights = dict(source)
     clean, wanted = weights.get(_PATCH), target.get(_PATCH)
     if clean is not None and wanted is not None and clean.shape != wanted.shape:
-        if clean.shape[0] != wanted.shape[0] or clean.shape[2:] != wanted.shape[2:]:
-            return weights  # a different ViT: load_state_dict names the mismatch
-        patch = torch.zeros_like(wanted)
+        patch = torch.zeros_like(wanted)  # warm_start has checked that only the stem differs
         patch[:, : clean.shape[1]] = clean
         weights[_PATCH] = patch
     return weights
@@ -148,11 +142,11 @@ def warm_start(clip_run: str | Path, model_config: CLIPConfig):
 
     source, config = load_model(clip_run, expect="clip")
     source_config = CLIPConfig(**config["model"])
+    free = _INIT_FREE_FIELDS + (_STEM_FIELDS if not source_config.vision_stem_channels else ())
     differ = [
         f"{name}: {getattr(source_config, name)!r} there, {getattr(model_config, name)!r} here"
         for name in (f.name for f in dataclasses.fields(CLIPConfig))
-        if name not in _INIT_FREE_FIELDS
-        and getattr(source_config, name) != getattr(model_config, name)
+        if name not in free and getattr(source_config, name) != getattr(model_config, name)
     ]
     if differ:
         raise TinygenError(
